@@ -1,0 +1,62 @@
+"""The `distillkit` command: compose the Hydra config, run the loop, print the summary table."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from distillkit import ASSETS_DIR, PACKAGE_DIR
+from distillkit.models import ConfigError
+
+CONF_DIR = PACKAGE_DIR.parent / "conf"
+
+
+def register_resolvers() -> None:
+    """`${dk.asset:tiny/student}` finds a shipped checkpoint; `${dk.abspath:outputs}` pins a path to the cwd."""
+    if not OmegaConf.has_resolver("dk.asset"):
+        OmegaConf.register_new_resolver("dk.asset", lambda name: str(ASSETS_DIR / name))
+        OmegaConf.register_new_resolver("dk.abspath", lambda path: os.path.abspath(path))
+
+
+def format_summary(summary) -> str:
+    acc, kl = summary.student_accuracy, summary.teacher_kl
+    rows = [
+        ("student accuracy (held-out exact match)", f"{acc[0]:.1%} -> {acc[-1]:.1%}"),
+        ("teacher accuracy", f"{summary.teacher_accuracy:.1%}"),
+        ("teacher-student KL(T||S) per token", f"{kl[0]:.4f} -> {kl[-1]:.4f}"),
+        ("training tokens/s", f"{summary.tokens_per_s:,.0f}"),
+        ("final student", summary.final_model_dir),
+        ("MLflow run id", summary.run_id or "(tracking off)"),
+    ]
+    if summary.run_id:
+        rows.append(("look at it", summary.ui_command))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def train(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from distillkit.runner import run
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        summary = run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    except ConfigError as err:
+        print(f"distillkit: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print("\n" + format_summary(summary))
+
+
+def main() -> None:
+    import hydra
+
+    register_resolvers()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train)()
+
+
+if __name__ == "__main__":
+    main()

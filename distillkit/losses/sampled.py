@@ -1,0 +1,19 @@
+"""`loss=sampled`: the per-token reverse-KL estimator on the sampled completion tokens.
+
+(log s(y) - log t(y)).detach() * log s(y): its gradient is an unbiased estimate of the gradient of
+KL(S||T) when y is drawn from the student. It needs only the teacher's log-prob of each actual token, and it
+is reverse KL by construction, so it is defined for beta=1 only (the config check refuses other values).
+"""
+
+from __future__ import annotations
+
+from distillkit.losses.base import Divergence, TeacherTokens
+
+
+class SampledDivergence(Divergence):
+    signal = "token"
+
+    def chunk(self, student_logp, teacher: TeacherTokens, targets, rows):
+        student_token = student_logp.gather(-1, targets[:, None].long()).squeeze(-1)
+        log_ratio = (student_token - teacher.token_logprobs[rows].float()).detach()
+        return log_ratio * student_token, log_ratio

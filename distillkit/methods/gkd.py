@@ -1,0 +1,61 @@
+"""`method=gkd`: on-policy distillation with the generalized JSD (Agarwal et al., ICLR 2024).
+
+Each micro-batch is on-policy (the student samples its completions) with probability `lmbda`. Otherwise it is
+supervised KD on fixed completions: the data set's, or the teacher's own samples with `seq_kd`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from distillkit.batch import SequenceBatch, collate
+
+
+@dataclass
+class MicroBatch:
+    student: SequenceBatch  # prompt + completion, as the student sees it
+    teacher: SequenceBatch  # the same completion tokens, as the teacher sees them
+    on_policy: bool
+    rows: list[dict]  # the data set rows, one per sequence
+
+
+class GKD:
+    def __init__(self, lmbda: float = 1.0, beta: float = 0.5, temperature: float = 1.0, seq_kd: bool = False):
+        self.lmbda = float(lmbda)
+        self.beta = float(beta)
+        self.temperature = float(temperature)
+        self.seq_kd = bool(seq_kd)
+
+    @property
+    def needs_dataset_completions(self) -> bool:
+        return self.lmbda < 1.0 and not self.seq_kd
+
+    def on_policy_plan(self, step: int, num_micro_batches: int, seed: int) -> list[bool]:
+        """One draw per micro-batch, from (seed, step) alone: every process and every resume draws the same."""
+        rng = random.Random(seed * 1_000_003 + step)
+        return [rng.random() < self.lmbda for _ in range(num_micro_batches)]
+
+    def micro_batches(
+        self, micro_rows: list[list[dict]], plan: list[bool], student_generator, teacher_generator, pad_id: int
+    ) -> list[MicroBatch]:
+        """Completions for the whole optimizer step come from one generation call per source, then get split.
+
+        Generating once per step (not per micro-batch) keeps the generator's batches large; the split keeps every
+        prompt with its own completions.
+        """
+        slots = [(m, i) for m, rows in enumerate(micro_rows) for i in range(len(rows))]
+        on_policy = [(m, i) for m, i in slots if plan[m]]
+        teacher_made = [(m, i) for m, i in slots if not plan[m] and self.seq_kd]
+        completions: dict[tuple[int, int], list[int]] = {}
+        for keys, generator in ((on_policy, student_generator), (teacher_made, teacher_generator)):
+            if keys:
+                outputs = generator.generate([micro_rows[m][i]["prompt_ids"] for m, i in keys], n=1)
+                completions.update(zip(keys, outputs, strict=True))
+        batches = []
+        for m, (rows, on) in enumerate(zip(micro_rows, plan, strict=True)):
+            prompts = [r["prompt_ids"] for r in rows]
+            chosen = [completions[m, i] if (m, i) in completions else r["completion_ids"] for i, r in enumerate(rows)]
+            batch = collate(prompts, chosen, pad_id)
+            batches.append(MicroBatch(batch, batch, on, rows))
+        return batches

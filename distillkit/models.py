@@ -1,0 +1,112 @@
+"""Loading causal LMs and reaching the two pieces the losses need: the decoder and the LM head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+class ConfigError(ValueError):
+    """A bad option, found before any expensive work starts. The message names the fix."""
+
+
+def torch_dtype(name: str) -> Any:
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_config(name: str, trust_remote_code: bool = False):
+    return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+
+
+def load_causal_lm(
+    name: str, dtype: str, device: torch.device, trust_remote_code: bool = False, attn_implementation=None
+) -> PreTrainedModel:
+    kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return AutoModelForCausalLM.from_pretrained(name, **kwargs).to(device)
+
+
+def context_length(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None) or getattr(getattr(config, "text_config", None), key, None)
+        if value:
+            return int(value)
+    return None
+
+
+def embedding_rows(config) -> int:
+    return int(getattr(config, "vocab_size", None) or config.get_text_config().vocab_size)
+
+
+def shared_vocab_size(student_tok, teacher_tok, student_config, teacher_config) -> int:
+    """The vocabulary rows both LM heads mean the same thing by.
+
+    Identical tokenizers whose embedding matrices are padded to different sizes (Qwen2.5-0.5B has 151,936 rows,
+    Qwen2.5-7B 152,064) share the prefix that covers the tokenizer. Anything else is a real mismatch.
+    """
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        only_s = len(set(student_tok.get_vocab()) - set(teacher_tok.get_vocab()))
+        only_t = len(set(teacher_tok.get_vocab()) - set(student_tok.get_vocab()))
+        raise ConfigError(
+            "The teacher and the student use different tokenizers "
+            f"({only_s} tokens only in the student's, {only_t} only in the teacher's; sizes {len(student_tok)} "
+            f"and {len(teacher_tok)}). Token-level distillation needs one vocabulary: pick a teacher from the "
+            "student's model family, or set teacher.model to a model with the student's tokenizer."
+        )
+    rows = min(embedding_rows(student_config), embedding_rows(teacher_config))
+    if rows < len(student_tok):
+        raise ConfigError(
+            f"The LM heads have {rows} rows but the tokenizer has {len(student_tok)} tokens: the checkpoints "
+            "do not match their tokenizer."
+        )
+    return rows
+
+
+@dataclass
+class DecoderAndHead:
+    """The transformer body (gives last hidden states) and the LM head of a causal LM, PEFT-wrapped or not."""
+
+    decoder: torch.nn.Module
+    head: torch.nn.Module
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def decoder_and_head(model: torch.nn.Module) -> DecoderAndHead:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for attr in ("final_logit_softcapping", "logit_scale"):
+        if getattr(base.config, attr, None) not in (None, 1.0):
+            raise ConfigError(
+                f"{type(base).__name__} transforms its logits ({attr}); distillkit's chunked LM-head losses do "
+                "not apply that transform yet. Use a model without it."
+            )
+    return DecoderAndHead(base.get_decoder(), base.get_output_embeddings())
+
+
+def apply_lora(model: PreTrainedModel, lora: dict) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model

@@ -1,0 +1,289 @@
+"""The training loop, top to bottom: load, roll out, score, step, track, checkpoint, evaluate.
+
+Every method runs this one loop. The method builds the micro-batches of an optimizer step, the teacher scores
+their completion tokens, the divergence compares the two, and the loss is normalized by the number of
+completion tokens in the whole optimizer step (all micro-batches, all processes).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from distillkit.batch import completion_hidden
+from distillkit.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    trainable_state,
+)
+from distillkit.data.loading import load_examples, require_columns, tokenize
+from distillkit.distributed import all_reduce_sum
+from distillkit.evaluation import exact_match, teacher_forced_kl
+from distillkit.generation import HFGenerator
+from distillkit.losses import StudentTokens
+from distillkit.models import (
+    ConfigError,
+    apply_lora,
+    context_length,
+    decoder_and_head,
+    load_causal_lm,
+    load_model_config,
+    load_tokenizer,
+    shared_vocab_size,
+)
+from distillkit.tracking import Tracker
+from distillkit.validation import SUFFIXES, choice, loss_mode, resolve_device, validate
+
+
+@dataclass
+class Summary:
+    """What the run prints at the end (and what tests read)."""
+
+    student_accuracy: list[float] = field(default_factory=list)  # [before, after]
+    teacher_accuracy: float = float("nan")
+    teacher_kl: list[float] = field(default_factory=list)  # [before, after]
+    tokens_per_s: float = 0.0
+    steps: int = 0
+    run_id: str | None = None
+    ui_command: str = ""
+    final_model_dir: str = ""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class StepSampler:
+    """Which data set rows an optimizer step uses: a function of (seed, step) alone, so resuming needs no state."""
+
+    def __init__(self, num_rows: int, rows_per_step: int, seed: int):
+        self.num_rows, self.rows_per_step, self.seed = num_rows, rows_per_step, seed
+        self._epoch, self._order = -1, []
+
+    def indices(self, step: int) -> list[int]:
+        out = []
+        for position in range(step * self.rows_per_step, (step + 1) * self.rows_per_step):
+            epoch, offset = divmod(position, self.num_rows)
+            if epoch != self._epoch:
+                self._epoch = epoch
+                self._order = torch.randperm(self.num_rows, generator=torch.Generator().manual_seed(self.seed + epoch))
+            out.append(int(self._order[offset]))
+        return out
+
+
+def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, needs_completions: bool):
+    train_set = load_examples(cfg.data.train, cfg.data.split, cfg.data.num_train, cfg.data.seed)
+    require_columns(train_set, needs_completions, "training")
+    eval_set = load_examples(cfg.data.eval, cfg.data.eval_split, cfg.data.num_eval, cfg.data.eval_seed)
+    require_columns(eval_set, False, "evaluation")
+    train_rows = tokenize(train_set, tokenizer, max_prompt_length, needs_completions, "training")
+    eval_rows = tokenize(eval_set, tokenizer, max_prompt_length, True, "evaluation")
+    return train_rows, eval_rows
+
+
+def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> Summary:
+    # ---- cheap checks first: config, tokenizers, vocabularies, data. No model weights are loaded yet.
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.train.seed)
+    method = instantiate(cfg.method)
+    teacher = instantiate(cfg.teacher)
+    tokenizer = load_tokenizer(cfg.model.student, cfg.model.trust_remote_code)
+    student_config = load_model_config(cfg.model.student, cfg.model.trust_remote_code)
+    teacher_config = load_model_config(teacher.model_name, teacher.trust_remote_code)
+    vocab_size = shared_vocab_size(
+        tokenizer, load_tokenizer(teacher.model_name, teacher.trust_remote_code), student_config, teacher_config
+    )
+    contexts = [c for c in (context_length(student_config), context_length(teacher_config)) if c]
+    max_prompt_length = (min(contexts) if contexts else 10**9) - cfg.train.max_completion_length
+    if max_prompt_length < 1:
+        raise ConfigError(
+            f"train.max_completion_length={cfg.train.max_completion_length} leaves no room for a prompt in a "
+            f"{min(contexts)}-token context. Lower it."
+        )
+    train_rows, eval_rows = prepare_data(cfg, tokenizer, max_prompt_length, method.needs_dataset_completions)
+
+    # ---- models
+    student = load_causal_lm(cfg.model.student, cfg.model.dtype, device, cfg.model.trust_remote_code,
+                             cfg.model.get("attn_implementation"))
+    if cfg.model.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.lora:
+        student = apply_lora(student, dict(cfg.model.lora))
+    student.train()
+    student_parts = decoder_and_head(student)
+    teacher.setup(device, vocab_size)
+    divergence = instantiate(cfg.loss, beta=method.beta, temperature=method.temperature)
+    generator = instantiate(cfg.generation).bind(student, tokenizer)
+    teacher_generator = HFGenerator(**_generation_kwargs(cfg)).bind(teacher.model, tokenizer)
+    greedy_student = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(student, tokenizer)
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                  betas=tuple(cfg.train.adam_betas))
+    scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
+                              num_training_steps=cfg.train.steps)
+
+    # ---- resume
+    checkpoints = output_dir / "checkpoints"
+    start_step = 0
+    resume_from = latest_checkpoint(checkpoints) if cfg.train.resume else None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        student.load_state_dict(state["model"], strict=not cfg.model.lora)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        teacher.load_state_dict(state["teacher"])
+        start_step = state["step"]
+    tracker = Tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
+    tracker.start(cfg, overrides or [], output_dir, run_tags(cfg))
+    if resume_from is not None:
+        set_rng_state(state["rng"])  # last, so nothing between here and the loop draws from the restored streams
+        summary = state["summary"]
+        print(f"Resumed from {resume_from} (step {start_step}).")
+    else:
+        summary = Summary()
+        teacher_greedy = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(teacher.model, tokenizer)
+        summary.teacher_accuracy = exact_match(teacher_greedy, eval_rows)
+        before = evaluate(cfg, greedy_student, student_parts, teacher, eval_rows, vocab_size, tokenizer, device)
+        summary.student_accuracy.append(before["eval/accuracy"])
+        summary.teacher_kl.append(before["eval/teacher_kl"])
+        tracker.log({**before, "eval/teacher_accuracy": summary.teacher_accuracy}, step=0)
+    summary.run_id, summary.ui_command = tracker.run_id, tracker.ui_command()
+
+    # ---- train
+    num_micro = cfg.train.gradient_accumulation_steps
+    sampler = StepSampler(len(train_rows), cfg.train.batch_size * num_micro, cfg.data.seed)
+    clock = StepClock(summary)
+    progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
+                    desc=f"{choice(cfg, 'method')} {loss_mode(cfg)}", dynamic_ncols=True)
+    for step in progress:
+        rows = [train_rows[i] for i in sampler.indices(step)]
+        micro_rows = [rows[i::num_micro] for i in range(num_micro)]
+        plan = method.on_policy_plan(step, num_micro, cfg.train.seed)
+        with clock("generate"):
+            micros = method.micro_batches(micro_rows, plan, generator, teacher_generator, tokenizer.pad_token_id)
+        step_tokens = all_reduce_sum(sum(m.student.num_completion_tokens for m in micros), device)
+        metrics = {"train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0,
+                   "train/loss_on_policy": 0.0, "train/loss_off_policy": 0.0}
+        for micro in micros:
+            batch, teacher_batch = micro.student.to(device), micro.teacher.to(device)
+            with clock("teacher"):
+                teacher_tokens = teacher.score(teacher_batch, divergence.teacher_request())
+            with clock("update"):
+                hidden = completion_hidden(student_parts.hidden_states(batch.input_ids, batch.attention_mask), batch)
+                student_tokens = StudentTokens(hidden, student_parts.head.weight[:vocab_size], batch.completion_targets())
+                out = divergence(student_tokens, teacher_tokens)
+                (out.loss_sum / max(step_tokens, 1)).backward()
+            loss = out.loss_sum.item() / max(step_tokens, 1)
+            metrics["train/loss"] += loss
+            metrics["train/loss_on_policy" if micro.on_policy else "train/loss_off_policy"] += loss
+            metrics["train/kl"] += out.stats["kl"] / max(step_tokens, 1)
+            metrics["train/entropy"] += out.stats["entropy"] / max(step_tokens, 1)
+        with clock("update"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        teacher.after_optimizer_step(step + 1)
+        generator.sync(student)
+        clock.tokens += step_tokens
+        lengths = [m.student.completion_mask.sum(1).float() for m in micros]
+        metrics.update({
+            "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
+            "train/on_policy_fraction": sum(plan) / num_micro,
+            "completions/mean_length": float(torch.cat(lengths).mean()),
+            "completions/max_length": float(torch.cat(lengths).max()),
+            **clock.metrics(),
+        })
+        done = step + 1
+        progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            tracker.log(metrics, step=done)
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
+            tracker.log(evaluate(cfg, greedy_student, student_parts, teacher, eval_rows, vocab_size, tokenizer,
+                                 device), step=done)
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
+            save_checkpoint(checkpoints, done, {
+                "model": trainable_state(student), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "teacher": teacher.state_dict(), "summary": summary,
+            }, keep_last=cfg.train.keep_checkpoints)
+    progress.close()
+
+    # ---- finish
+    after = evaluate(cfg, greedy_student, student_parts, teacher, eval_rows, vocab_size, tokenizer, device)
+    tracker.log(after, step=cfg.train.steps)
+    summary.student_accuracy.append(after["eval/accuracy"])
+    summary.teacher_kl.append(after["eval/teacher_kl"])
+    summary.tokens_per_s = clock.tokens_per_s()
+    summary.steps = cfg.train.steps
+    final_dir = output_dir / "final_model"
+    student.save_pretrained(final_dir)
+    tokenizer.save_pretrained(final_dir)
+    summary.final_model_dir = str(final_dir)
+    tracker.set_tags({"distillkit.final_model": str(final_dir.resolve())})
+    tracker.log({"summary/tokens_per_s": summary.tokens_per_s}, step=cfg.train.steps)
+    tracker.end()
+    return summary
+
+
+def evaluate(cfg, greedy_student, student_parts, teacher, eval_rows, vocab_size, tokenizer, device) -> dict:
+    was_training = student_parts.decoder.training
+    student_parts.decoder.eval()
+    try:
+        return {
+            "eval/accuracy": exact_match(greedy_student, eval_rows),
+            "eval/teacher_kl": teacher_forced_kl(student_parts, teacher.parts, eval_rows, vocab_size,
+                                                 tokenizer.pad_token_id, device),
+        }
+    finally:
+        student_parts.decoder.train(was_training)
+
+
+def _generation_kwargs(cfg: DictConfig) -> dict:
+    keys = ("temperature", "top_p", "top_k", "max_completion_length", "batch_size")
+    return {k: cfg.generation[k] for k in keys if k in cfg.generation}
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    return {group: choice(cfg, group) for group in SUFFIXES}
+
+
+class StepClock:
+    """Wall time per phase (generation, teacher scoring, update) and completion tokens per second."""
+
+    def __init__(self, summary: Summary):
+        self.totals = {"generate": 0.0, "teacher": 0.0, "update": 0.0}
+        self.tokens = 0.0
+        self._phase = None
+
+    def __call__(self, phase: str):
+        self._phase = phase
+        return self
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.totals[self._phase] += time.perf_counter() - self._start
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(sum(self.totals.values()), 1e-9)
+
+    def metrics(self) -> dict[str, float]:
+        total = max(sum(self.totals.values()), 1e-9)
+        return {"train/tokens_per_s": self.tokens_per_s(),
+                **{f"time/{k}_fraction": v / total for k, v in self.totals.items()}}

@@ -1,0 +1,82 @@
+"""Start-up checks on the composed config: everything that can be refused before a model loads."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from distillkit.models import DTYPES, ConfigError
+
+DEFAULT_BETA = {"full": 0.5, "topk": 0.5, "sampled": 1.0}
+
+
+SUFFIXES = {"method": "", "teacher": "Teacher", "loss": "Divergence", "generation": "Generator"}
+
+
+def choice(cfg: DictConfig, group: str) -> str:
+    """The short name of a group's choice, from its class: `FullDivergence` -> `full`, `HFGenerator` -> `hf`."""
+    name = cfg[group]._target_.rsplit(".", 1)[-1]
+    return name.removesuffix(SUFFIXES[group]).lower()
+
+
+def loss_mode(cfg: DictConfig) -> str:
+    return choice(cfg, "loss")
+
+
+def resolve_beta(cfg: DictConfig) -> None:
+    """`method.beta: null` means the loss's natural default: 0.5 (JSD) for full/topk, 1 (reverse KL) for sampled."""
+    mode = loss_mode(cfg)
+    if cfg.method.get("beta") is None:
+        with open_dict(cfg):
+            cfg.method.beta = DEFAULT_BETA[mode]
+
+
+def check_unit_interval(name: str, value) -> None:
+    if value is None or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{name}={value} must lie in [0, 1].")
+
+
+def validate(cfg: DictConfig) -> None:
+    resolve_beta(cfg)
+    method = cfg.method
+    for key in ("lmbda", "beta"):
+        if key in method:
+            check_unit_interval(f"method.{key}", method[key])
+    if float(method.temperature) <= 0:
+        raise ConfigError(f"method.temperature={method.temperature} must be > 0.")
+    mode = loss_mode(cfg)
+    if mode == "sampled" and float(method.beta) != 1.0:
+        raise ConfigError(
+            f"loss=sampled estimates reverse KL on the sampled tokens, so it needs method.beta=1 (got "
+            f"{method.beta}). Set method.beta=1, or use loss=full / loss=topk for forward KL or the JSD."
+        )
+    if mode == "topk" and int(cfg.loss.k) < 1:
+        raise ConfigError(f"loss.k={cfg.loss.k} must be >= 1.")
+    train = cfg.train
+    for key in ("steps", "batch_size", "gradient_accumulation_steps", "max_completion_length"):
+        if int(train[key]) < 1:
+            raise ConfigError(f"train.{key}={train[key]} must be >= 1.")
+    for key, dtype in (("model.dtype", cfg.model.dtype), ("teacher.dtype", cfg.teacher.get("dtype", "float32"))):
+        if dtype not in DTYPES:
+            raise ConfigError(f"{key}={dtype!r} is not one of {sorted(DTYPES)}.")
+    check_device(cfg)
+
+
+def check_device(cfg: DictConfig) -> None:
+    """CUDA-only options on a machine without CUDA are refused here, not after minutes of loading."""
+    if torch.cuda.is_available():
+        return
+    if str(cfg.device).startswith("cuda"):
+        raise ConfigError(f"device={cfg.device} but this machine has no CUDA GPU. Use device=cpu or device=auto.")
+    if cfg.model.get("attn_implementation") in ("flash_attention_2", "flash_attention_3"):
+        raise ConfigError(
+            f"model.attn_implementation={cfg.model.attn_implementation} needs a CUDA GPU. Use sdpa or eager."
+        )
+    if cfg.loss.get("kernel", "torch") == "liger":
+        raise ConfigError("loss.kernel=liger runs Triton kernels on CUDA only. Use loss.kernel=torch on CPU.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
