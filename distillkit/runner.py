@@ -94,11 +94,21 @@ def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, needs_compl
     return train_rows, eval_rows
 
 
-def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> Summary:
-    # ---- cheap checks first: config, tokenizers, vocabularies, data. No model weights are loaded yet.
+@dataclass
+class Prepared:
+    """Everything settled before a model loads: the parsed objects, the shared vocabulary and the token ids."""
+
+    method: object
+    teacher: object
+    tokenizer: object
+    vocab_size: int
+    train_rows: list[dict]
+    eval_rows: list[dict]
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """The cheap checks: config, tokenizers, vocabularies, data and prompt lengths. No weights are loaded."""
     validate(cfg)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.train.seed)
     method = instantiate(cfg.method)
     teacher = instantiate(cfg.teacher)
     tokenizer = load_tokenizer(cfg.model.student, cfg.model.trust_remote_code)
@@ -115,8 +125,33 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
             f"{min(contexts)}-token context. Lower it."
         )
     train_rows, eval_rows = prepare_data(cfg, tokenizer, max_prompt_length, method.needs_dataset_completions)
+    return Prepared(method, teacher, tokenizer, vocab_size, train_rows, eval_rows)
 
-    # ---- models
+
+@dataclass
+class Parts:
+    """The live objects of a run: one from each config group, plus the student and its optimizer."""
+
+    cfg: DictConfig
+    device: torch.device
+    method: object
+    teacher: object
+    tokenizer: object
+    vocab_size: int
+    student: torch.nn.Module
+    student_parts: object
+    divergence: object
+    generator: object
+    teacher_generator: object
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+def build(cfg: DictConfig, prepared: Prepared) -> Parts:
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.train.seed)
+    tokenizer, method, teacher = prepared.tokenizer, prepared.method, prepared.teacher
     student = load_causal_lm(cfg.model.student, cfg.model.dtype, device, cfg.model.trust_remote_code,
                              cfg.model.get("attn_implementation"))
     if cfg.model.gradient_checkpointing:
@@ -124,18 +159,88 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     if cfg.model.lora:
         student = apply_lora(student, dict(cfg.model.lora))
     student.train()
-    student_parts = decoder_and_head(student)
-    teacher.setup(device, vocab_size)
-    divergence = instantiate(cfg.loss, beta=method.beta, temperature=method.temperature)
-    generator = instantiate(cfg.generation).bind(student, tokenizer)
-    teacher_generator = HFGenerator(**_generation_kwargs(cfg)).bind(teacher.model, tokenizer)
-    greedy_student = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(student, tokenizer)
-
+    teacher.setup(device, prepared.vocab_size)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                   betas=tuple(cfg.train.adam_betas))
-    scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
-                              num_training_steps=cfg.train.steps)
+    return Parts(
+        cfg=cfg, device=device, method=method, teacher=teacher, tokenizer=tokenizer,
+        vocab_size=prepared.vocab_size, student=student, student_parts=decoder_and_head(student),
+        divergence=instantiate(cfg.loss, beta=method.beta, temperature=method.temperature),
+        generator=instantiate(cfg.generation).bind(student, tokenizer),
+        teacher_generator=HFGenerator(**_generation_kwargs(cfg)).bind(teacher.model, tokenizer),
+        params=params, optimizer=optimizer,
+        scheduler=get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
+                                num_training_steps=cfg.train.steps),
+    )
+
+
+def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = None) -> dict[str, float]:
+    """Forward and backward over an optimizer step's micro-batches.
+
+    Each micro-batch's summed loss is divided by the completion-token count of the whole step (all
+    micro-batches, all processes), so the gradient does not depend on how the step is split.
+    """
+    clock = clock or StepClock()
+    step_tokens = all_reduce_sum(sum(m.student.num_completion_tokens for m in micros), parts.device)
+    norm = max(step_tokens, 1)
+    metrics = {"train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0,
+               "train/loss_on_policy": 0.0, "train/loss_off_policy": 0.0, "train/tokens": step_tokens}
+    for micro in micros:
+        batch, teacher_batch = micro.student.to(parts.device), micro.teacher.to(parts.device)
+        with clock("teacher"):
+            teacher_tokens = parts.teacher.score(teacher_batch, parts.divergence.teacher_request())
+        with clock("update"):
+            hidden = parts.student_parts.hidden_states(batch.input_ids, batch.attention_mask)
+            weight = parts.student_parts.head.weight[: parts.vocab_size]
+            student_tokens = StudentTokens(completion_hidden(hidden, batch), weight, batch.completion_targets())
+            out = parts.divergence(student_tokens, teacher_tokens)
+            (out.loss_sum / norm).backward()
+        loss = out.loss_sum.item() / norm
+        metrics["train/loss"] += loss
+        metrics["train/loss_on_policy" if micro.on_policy else "train/loss_off_policy"] += loss
+        metrics["train/kl"] += out.stats["kl"] / norm
+        metrics["train/entropy"] += out.stats["entropy"] / norm
+    return metrics
+
+
+def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) -> dict[str, float]:
+    """One optimizer step: buffered rollouts for all micro-batches, accumulation, update, teacher update."""
+    cfg = parts.cfg
+    num_micro = cfg.train.gradient_accumulation_steps
+    micro_rows = [rows[i::num_micro] for i in range(num_micro)]
+    plan = parts.method.on_policy_plan(step, num_micro, cfg.train.seed)
+    with clock("generate"):
+        micros = parts.method.micro_batches(micro_rows, plan, parts.generator, parts.teacher_generator,
+                                            parts.tokenizer.pad_token_id)
+    metrics = accumulate_gradients(parts, micros, clock)
+    with clock("update"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, cfg.train.max_grad_norm)
+        parts.optimizer.step()
+        parts.scheduler.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+    parts.teacher.after_optimizer_step(step + 1)
+    parts.generator.sync(parts.student)
+    clock.tokens += metrics["train/tokens"]
+    lengths = torch.cat([m.student.completion_mask.sum(1).float() for m in micros])
+    metrics.update({
+        "train/grad_norm": float(grad_norm), "train/lr": parts.scheduler.get_last_lr()[0],
+        "train/on_policy_fraction": sum(plan) / num_micro,
+        "completions/mean_length": float(lengths.mean()), "completions/max_length": float(lengths.max()),
+        **clock.metrics(),
+    })
+    return metrics
+
+
+def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> Summary:
+    prepared = prepare(cfg)
+    parts = build(cfg, prepared)
+    eval_rows = prepared.eval_rows
+    greedy_student = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(
+        parts.student, parts.tokenizer)
+
+    def evaluate_student() -> dict[str, float]:
+        return evaluate(parts, greedy_student, eval_rows)
 
     # ---- resume
     checkpoints = output_dir / "checkpoints"
@@ -143,96 +248,61 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     resume_from = latest_checkpoint(checkpoints) if cfg.train.resume else None
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        student.load_state_dict(state["model"], strict=not cfg.model.lora)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        teacher.load_state_dict(state["teacher"])
+        parts.student.load_state_dict(state["model"], strict=not cfg.model.lora)
+        parts.optimizer.load_state_dict(state["optimizer"])
+        parts.scheduler.load_state_dict(state["scheduler"])
+        parts.teacher.load_state_dict(state["teacher"])
         start_step = state["step"]
     tracker = Tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
     tracker.start(cfg, overrides or [], output_dir, run_tags(cfg))
     if resume_from is not None:
-        set_rng_state(state["rng"])  # last, so nothing between here and the loop draws from the restored streams
         summary = state["summary"]
+        set_rng_state(state["rng"])  # last, so nothing between here and the loop draws from the restored streams
         print(f"Resumed from {resume_from} (step {start_step}).")
     else:
         summary = Summary()
-        teacher_greedy = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(teacher.model, tokenizer)
+        teacher_greedy = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(
+            parts.teacher.model, parts.tokenizer)
         summary.teacher_accuracy = exact_match(teacher_greedy, eval_rows)
-        before = evaluate(cfg, greedy_student, student_parts, teacher, eval_rows, vocab_size, tokenizer, device)
+        before = evaluate_student()
         summary.student_accuracy.append(before["eval/accuracy"])
         summary.teacher_kl.append(before["eval/teacher_kl"])
         tracker.log({**before, "eval/teacher_accuracy": summary.teacher_accuracy}, step=0)
     summary.run_id, summary.ui_command = tracker.run_id, tracker.ui_command()
 
     # ---- train
-    num_micro = cfg.train.gradient_accumulation_steps
-    sampler = StepSampler(len(train_rows), cfg.train.batch_size * num_micro, cfg.data.seed)
-    clock = StepClock(summary)
+    train_rows = prepared.train_rows
+    sampler = StepSampler(len(train_rows), cfg.train.batch_size * cfg.train.gradient_accumulation_steps,
+                          cfg.data.seed)
+    clock = StepClock()
     progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
                     desc=f"{choice(cfg, 'method')} {loss_mode(cfg)}", dynamic_ncols=True)
     for step in progress:
-        rows = [train_rows[i] for i in sampler.indices(step)]
-        micro_rows = [rows[i::num_micro] for i in range(num_micro)]
-        plan = method.on_policy_plan(step, num_micro, cfg.train.seed)
-        with clock("generate"):
-            micros = method.micro_batches(micro_rows, plan, generator, teacher_generator, tokenizer.pad_token_id)
-        step_tokens = all_reduce_sum(sum(m.student.num_completion_tokens for m in micros), device)
-        metrics = {"train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0,
-                   "train/loss_on_policy": 0.0, "train/loss_off_policy": 0.0}
-        for micro in micros:
-            batch, teacher_batch = micro.student.to(device), micro.teacher.to(device)
-            with clock("teacher"):
-                teacher_tokens = teacher.score(teacher_batch, divergence.teacher_request())
-            with clock("update"):
-                hidden = completion_hidden(student_parts.hidden_states(batch.input_ids, batch.attention_mask), batch)
-                student_tokens = StudentTokens(hidden, student_parts.head.weight[:vocab_size], batch.completion_targets())
-                out = divergence(student_tokens, teacher_tokens)
-                (out.loss_sum / max(step_tokens, 1)).backward()
-            loss = out.loss_sum.item() / max(step_tokens, 1)
-            metrics["train/loss"] += loss
-            metrics["train/loss_on_policy" if micro.on_policy else "train/loss_off_policy"] += loss
-            metrics["train/kl"] += out.stats["kl"] / max(step_tokens, 1)
-            metrics["train/entropy"] += out.stats["entropy"] / max(step_tokens, 1)
-        with clock("update"):
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        teacher.after_optimizer_step(step + 1)
-        generator.sync(student)
-        clock.tokens += step_tokens
-        lengths = [m.student.completion_mask.sum(1).float() for m in micros]
-        metrics.update({
-            "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
-            "train/on_policy_fraction": sum(plan) / num_micro,
-            "completions/mean_length": float(torch.cat(lengths).mean()),
-            "completions/max_length": float(torch.cat(lengths).max()),
-            **clock.metrics(),
-        })
+        metrics = optimizer_step(parts, [train_rows[i] for i in sampler.indices(step)], step, clock)
         done = step + 1
         progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             tracker.log(metrics, step=done)
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
-            tracker.log(evaluate(cfg, greedy_student, student_parts, teacher, eval_rows, vocab_size, tokenizer,
-                                 device), step=done)
+            tracker.log(evaluate_student(), step=done)
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
             save_checkpoint(checkpoints, done, {
-                "model": trainable_state(student), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "teacher": teacher.state_dict(), "summary": summary,
+                "model": trainable_state(parts.student), "optimizer": parts.optimizer.state_dict(),
+                "scheduler": parts.scheduler.state_dict(), "teacher": parts.teacher.state_dict(),
+                "summary": summary,
             }, keep_last=cfg.train.keep_checkpoints)
     progress.close()
 
     # ---- finish
-    after = evaluate(cfg, greedy_student, student_parts, teacher, eval_rows, vocab_size, tokenizer, device)
+    after = evaluate_student()
     tracker.log(after, step=cfg.train.steps)
     summary.student_accuracy.append(after["eval/accuracy"])
     summary.teacher_kl.append(after["eval/teacher_kl"])
     summary.tokens_per_s = clock.tokens_per_s()
     summary.steps = cfg.train.steps
     final_dir = output_dir / "final_model"
-    student.save_pretrained(final_dir)
-    tokenizer.save_pretrained(final_dir)
+    parts.student.save_pretrained(final_dir)
+    parts.tokenizer.save_pretrained(final_dir)
     summary.final_model_dir = str(final_dir)
     tracker.set_tags({"distillkit.final_model": str(final_dir.resolve())})
     tracker.log({"summary/tokens_per_s": summary.tokens_per_s}, step=cfg.train.steps)
@@ -240,17 +310,17 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     return summary
 
 
-def evaluate(cfg, greedy_student, student_parts, teacher, eval_rows, vocab_size, tokenizer, device) -> dict:
-    was_training = student_parts.decoder.training
-    student_parts.decoder.eval()
+def evaluate(parts: Parts, greedy_student, eval_rows: list[dict]) -> dict[str, float]:
+    was_training = parts.student.training
+    parts.student.eval()
     try:
         return {
             "eval/accuracy": exact_match(greedy_student, eval_rows),
-            "eval/teacher_kl": teacher_forced_kl(student_parts, teacher.parts, eval_rows, vocab_size,
-                                                 tokenizer.pad_token_id, device),
+            "eval/teacher_kl": teacher_forced_kl(parts.student_parts, parts.teacher.parts, eval_rows,
+                                                 parts.vocab_size, parts.tokenizer.pad_token_id, parts.device),
         }
     finally:
-        student_parts.decoder.train(was_training)
+        parts.student.train(was_training)
 
 
 def _generation_kwargs(cfg: DictConfig) -> dict:
@@ -265,7 +335,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 class StepClock:
     """Wall time per phase (generation, teacher scoring, update) and completion tokens per second."""
 
-    def __init__(self, summary: Summary):
+    def __init__(self):
         self.totals = {"generate": 0.0, "teacher": 0.0, "update": 0.0}
         self.tokens = 0.0
         self._phase = None
