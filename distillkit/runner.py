@@ -234,6 +234,7 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
 
 def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> Summary:
     prepared = prepare(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
     parts = build(cfg, prepared)
     eval_rows = prepared.eval_rows
     greedy_student = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(

@@ -22,10 +22,13 @@ def auto_chunk_size(vocab_size: int) -> int:
     return max(1, LOGITS_BYTES_PER_CHUNK // (4 * vocab_size))
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Low-precision log-probs make the softmax tails (and the KL) noisy; fp64 stays fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def project(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Logits in at least fp32: low-precision logits make the softmax tails (and the KL) noisy."""
-    logits = hidden @ weight.T
-    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    return at_least_fp32(hidden @ weight.T)
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):

@@ -8,6 +8,7 @@ is reverse KL by construction, so it is defined for beta=1 only (the config chec
 from __future__ import annotations
 
 from distillkit.losses.base import Divergence, TeacherTokens
+from distillkit.losses.chunked_head import at_least_fp32
 
 
 class SampledDivergence(Divergence):
@@ -15,5 +16,5 @@ class SampledDivergence(Divergence):
 
     def chunk(self, student_logp, teacher: TeacherTokens, targets, rows):
         student_token = student_logp.gather(-1, targets[:, None].long()).squeeze(-1)
-        log_ratio = (student_token - teacher.token_logprobs[rows].float()).detach()
+        log_ratio = (student_token - at_least_fp32(teacher.token_logprobs[rows])).detach()
         return log_ratio * student_token, log_ratio

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from distillkit.losses.base import Divergence, TeacherRequest, TeacherTokens
+from distillkit.losses.chunked_head import at_least_fp32
 from distillkit.losses.math import add_tail_bucket, generalized_jsd, kl, renormalize
 
 
@@ -25,7 +26,7 @@ class TopKDivergence(Divergence):
         return TeacherRequest("topk", self.temperature, self.k)
 
     def chunk(self, student_logp, teacher: TeacherTokens, targets, rows):
-        teacher_logp = teacher.topk_logprobs[rows].float()
+        teacher_logp = at_least_fp32(teacher.topk_logprobs[rows])
         student_top = student_logp.gather(-1, teacher.topk_ids[rows].long())
         support = add_tail_bucket if self.add_tail else renormalize
         student_top, teacher_logp = support(student_top), support(teacher_logp)

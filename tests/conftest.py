@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import make_tiny_model  # noqa: E402
+
+from distillkit.cli import CONF_DIR, register_resolvers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """A random tiny student and a larger random teacher with the same tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    return make_tiny_model(root / "student"), make_tiny_model(root / "teacher", hidden=128, seed=1)
+
+
+@pytest.fixture
+def compose_cfg(tiny_pair, tmp_path):
+    """Compose the real config (conf/) with overrides, pointing at the tiny models and a private MLflow store."""
+    register_resolvers()
+    student, teacher = tiny_pair
+
+    def _compose(*overrides: str):
+        base = [
+            f"model.student={student}", f"teacher.model={teacher}", "data.num_train=64", "data.num_eval=16",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "train.batch_size=4",
+            "train.gradient_accumulation_steps=1", "train.max_completion_length=5",
+        ]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=base + list(overrides))
+
+    return _compose
