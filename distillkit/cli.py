@@ -53,7 +53,9 @@ def train(cfg: DictConfig) -> None:
 
 def main() -> None:
     import hydra
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # weight-loading bars would bury the training bar
     register_resolvers()
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train)()
 
