@@ -51,7 +51,14 @@ def train(cfg: DictConfig) -> None:
     print("\n" + format_summary(summary))
 
 
+SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server"}
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:  # `distillkit serve-teacher ...`: argparse, not Hydra
+        import importlib
+
+        sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     import hydra
     from transformers.utils import logging as hf_logging
 
