@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from distillkit.batch import collate, completion_hidden
+from distillkit.losses.base import TeacherRequest
 from distillkit.losses.chunked_head import auto_chunk_size, project
 from distillkit.losses.math import kl
 from distillkit.models import DecoderAndHead
@@ -21,27 +22,23 @@ def exact_match(generator, rows: list[dict]) -> float:
 
 @torch.no_grad()
 def teacher_forced_kl(
-    student: DecoderAndHead,
-    teacher: DecoderAndHead,
-    rows: list[dict],
-    vocab_size: int,
-    pad_id: int,
-    device: torch.device,
+    student: DecoderAndHead, teacher, rows: list[dict], vocab_size: int, pad_id: int, device: torch.device,
     batch_size: int = 256,
 ) -> float:
     """Mean per-token forward KL(T||S) at temperature 1 over the held-out reference completions."""
     scored = [r for r in rows if "completion_ids" in r]
     total, tokens = 0.0, 0
+    request = TeacherRequest("hidden", 1.0)
     for start in range(0, len(scored), batch_size):
         part = scored[start : start + batch_size]
         batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part], pad_id).to(device)
         hs = completion_hidden(student.hidden_states(batch.input_ids, batch.attention_mask), batch)
-        ht = completion_hidden(teacher.hidden_states(batch.input_ids, batch.attention_mask), batch)
-        ws, wt = student.head.weight[:vocab_size], teacher.head.weight[:vocab_size]
+        theirs = teacher.score(batch, request)
+        ws = student.head.weight[:vocab_size]
         chunk = auto_chunk_size(vocab_size)
         for a in range(0, hs.shape[0], chunk):
             s = torch.log_softmax(project(hs[a : a + chunk], ws), -1)
-            t = torch.log_softmax(project(ht[a : a + chunk], wt), -1)
+            t = torch.log_softmax(project(theirs.hidden[a : a + chunk], theirs.head_weight), -1)
             total += kl(t, s).sum().item()
         tokens += hs.shape[0]
     return total / max(tokens, 1)

@@ -100,6 +100,10 @@ def decoder_and_head(model: torch.nn.Module) -> DecoderAndHead:
     return DecoderAndHead(base.get_decoder(), base.get_output_embeddings())
 
 
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
 def apply_lora(model: PreTrainedModel, lora: dict) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 

@@ -37,11 +37,13 @@ from distillkit.models import (
     apply_lora,
     context_length,
     decoder_and_head,
+    embedding_rows,
     load_causal_lm,
     load_model_config,
     load_tokenizer,
     shared_vocab_size,
 )
+from distillkit.teachers.in_process import TeacherGenerator
 from distillkit.tracking import Tracker
 from distillkit.validation import SUFFIXES, choice, loss_mode, resolve_device, validate
 
@@ -113,11 +115,14 @@ def prepare(cfg: DictConfig) -> Prepared:
     teacher = instantiate(cfg.teacher)
     tokenizer = load_tokenizer(cfg.model.student, cfg.model.trust_remote_code)
     student_config = load_model_config(cfg.model.student, cfg.model.trust_remote_code)
-    teacher_config = load_model_config(teacher.model_name, teacher.trust_remote_code)
-    vocab_size = shared_vocab_size(
-        tokenizer, load_tokenizer(teacher.model_name, teacher.trust_remote_code), student_config, teacher_config
-    )
-    contexts = [c for c in (context_length(student_config), context_length(teacher_config)) if c]
+    configs = [student_config]
+    if teacher.model_name is None:  # the teacher is (a version of) the student itself
+        vocab_size = embedding_rows(student_config)
+    else:
+        configs.append(load_model_config(teacher.model_name, teacher.trust_remote_code))
+        teacher_tokenizer = load_tokenizer(teacher.model_name, teacher.trust_remote_code)
+        vocab_size = shared_vocab_size(tokenizer, teacher_tokenizer, student_config, configs[1])
+    contexts = [c for c in map(context_length, configs) if c]
     max_prompt_length = (min(contexts) if contexts else 10**9) - cfg.train.max_completion_length
     if max_prompt_length < 1:
         raise ConfigError(
@@ -159,7 +164,7 @@ def build(cfg: DictConfig, prepared: Prepared) -> Parts:
     if cfg.model.lora:
         student = apply_lora(student, dict(cfg.model.lora))
     student.train()
-    teacher.setup(device, prepared.vocab_size)
+    teacher.setup(device, prepared.vocab_size, student)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                   betas=tuple(cfg.train.adam_betas))
@@ -168,7 +173,8 @@ def build(cfg: DictConfig, prepared: Prepared) -> Parts:
         vocab_size=prepared.vocab_size, student=student, student_parts=decoder_and_head(student),
         divergence=instantiate(cfg.loss, beta=method.beta, temperature=method.temperature),
         generator=instantiate(cfg.generation).bind(student, tokenizer),
-        teacher_generator=HFGenerator(**_generation_kwargs(cfg)).bind(teacher.model, tokenizer),
+        teacher_generator=TeacherGenerator(HFGenerator(**_generation_kwargs(cfg)).bind(teacher.model, tokenizer),
+                                           teacher),
         params=params, optimizer=optimizer,
         scheduler=get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                 num_training_steps=cfg.train.steps),
@@ -262,8 +268,8 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         print(f"Resumed from {resume_from} (step {start_step}).")
     else:
         summary = Summary()
-        teacher_greedy = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(
-            parts.teacher.model, parts.tokenizer)
+        teacher_greedy = TeacherGenerator(HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(
+            parts.teacher.model, parts.tokenizer), parts.teacher)
         summary.teacher_accuracy = exact_match(teacher_greedy, eval_rows)
         before = evaluate_student()
         summary.student_accuracy.append(before["eval/accuracy"])
@@ -317,7 +323,7 @@ def evaluate(parts: Parts, greedy_student, eval_rows: list[dict]) -> dict[str, f
     try:
         return {
             "eval/accuracy": exact_match(greedy_student, eval_rows),
-            "eval/teacher_kl": teacher_forced_kl(parts.student_parts, parts.teacher.parts, eval_rows,
+            "eval/teacher_kl": teacher_forced_kl(parts.student_parts, parts.teacher, eval_rows,
                                                  parts.vocab_size, parts.tokenizer.pad_token_id, parts.device),
         }
     finally:

@@ -27,8 +27,10 @@ def compose_cfg(tiny_pair, tmp_path):
     student, teacher = tiny_pair
 
     def _compose(*overrides: str):
+        separate_teacher = not any(o.startswith("teacher=") and o != "teacher=live" for o in overrides)
         base = [
-            f"model.student={student}", f"teacher.model={teacher}", "data.num_train=64", "data.num_eval=16",
+            f"model.student={student}", *([f"teacher.model={teacher}"] if separate_teacher else []),
+            "data.num_train=64", "data.num_eval=16",
             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "train.batch_size=4",
             "train.gradient_accumulation_steps=1", "train.max_completion_length=5",
         ]

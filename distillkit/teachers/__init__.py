@@ -1,5 +1,7 @@
 """Teachers score the student's completion tokens: hidden states, top-k log-probs or token log-probs."""
 
+from distillkit.teachers.base import BaseTeacher
+from distillkit.teachers.ema import EmaTeacher
 from distillkit.teachers.live import LiveTeacher
 
-__all__ = ["LiveTeacher"]
+__all__ = ["BaseTeacher", "EmaTeacher", "LiveTeacher"]

@@ -1,0 +1,83 @@
+"""`teacher=ema`: an exponential moving average of the student.
+
+Every `teacher_sync_steps` optimizer steps, theta_T <- (1 - alpha) * theta_T + alpha * theta_S with
+alpha = `teacher_update_rate` (1.0 is a hard copy). Under LoRA only the adapter tensors are averaged (a second
+adapter, swapped in while the teacher works), so there is no full copy of the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+
+from distillkit.models import ConfigError, freeze, is_peft
+from distillkit.teachers.in_process import InProcessTeacher
+
+
+class EmaTeacher(InProcessTeacher):
+    def __init__(self, teacher_update_rate: float = 0.05, teacher_sync_steps: int = 1):
+        super().__init__()
+        if not 0.0 < teacher_update_rate <= 1.0:
+            raise ConfigError(f"teacher.teacher_update_rate={teacher_update_rate} must lie in (0, 1].")
+        if teacher_sync_steps < 1:
+            raise ConfigError(f"teacher.teacher_sync_steps={teacher_sync_steps} must be >= 1.")
+        self.rate = float(teacher_update_rate)
+        self.sync_steps = int(teacher_sync_steps)
+
+    def setup(self, device: torch.device, vocab_size: int, student: torch.nn.Module) -> None:
+        self.student = student
+        self.adapter_only = is_peft(student)
+        if self.adapter_only:
+            self.bind(student, vocab_size)
+            self.average = {n: p.detach().clone() for n, p in self._pairs()}
+        else:
+            self.bind(freeze(copy.deepcopy(student)), vocab_size)
+
+    def _pairs(self):
+        """(name, student parameter) for every averaged tensor."""
+        return [(n, p) for n, p in self.student.named_parameters() if p.requires_grad or not self.adapter_only]
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> None:
+        if step % self.sync_steps:
+            return
+        if self.adapter_only:
+            for name, param in self._pairs():
+                self.average[name].lerp_(param.detach(), self.rate)
+            return
+        teacher_params = dict(self.model.named_parameters())
+        for name, param in self.student.named_parameters():
+            teacher_params[name].lerp_(param.detach().to(teacher_params[name].dtype), self.rate)
+
+    @contextlib.contextmanager
+    def active(self):
+        if not self.adapter_only:
+            yield
+            return
+        with torch.no_grad():
+            live = {n: p.detach().clone() for n, p in self._pairs()}
+            for name, param in self._pairs():
+                param.copy_(self.average[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in self._pairs():
+                    param.copy_(live[name])
+
+    def state_dict(self) -> dict:
+        if self.adapter_only:
+            return {"average": {n: t.clone() for n, t in self.average.items()}}
+        return {"average": {n: p.detach().clone() for n, p in self.model.named_parameters()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if self.adapter_only:
+            self.average = {n: t.clone() for n, t in state["average"].items()}
+            return
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                param.copy_(state["average"][name])

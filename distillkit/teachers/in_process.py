@@ -1,0 +1,93 @@
+"""What every in-process teacher shares: scoring completion tokens with a causal LM held in this process.
+
+Subclasses say which module holds the teacher's weights and what must be swapped in while it scores
+(`active()`): nothing for a separate model, the adapter switched off for `base` under LoRA, the averaged adapter
+for `ema` under LoRA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from distillkit.batch import SequenceBatch, completion_hidden
+from distillkit.losses.base import TeacherRequest, TeacherTokens
+from distillkit.losses.chunked_head import auto_chunk_size, project
+from distillkit.models import decoder_and_head
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class InProcessTeacher:
+    model_name: str | None = None
+    trust_remote_code: bool = False
+    signals = ("hidden", "topk", "token")
+
+    def __init__(self) -> None:
+        self.model: torch.nn.Module | None = None
+        self.vocab_size: int | None = None
+
+    def bind(self, model: torch.nn.Module, vocab_size: int) -> None:
+        self.model, self.parts, self.vocab_size = model, decoder_and_head(model), vocab_size
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The teacher's weights are in `self.model` for the duration (generation and scoring run inside)."""
+        yield
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after every optimizer step (step counts from 1); a frozen teacher does nothing."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    @torch.no_grad()
+    def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:
+        with self.active(), eval_mode(self.model):
+            hidden = completion_hidden(self.parts.hidden_states(batch.input_ids, batch.attention_mask), batch)
+            weight = self.parts.head.weight[: self.vocab_size].detach()
+            if request.signal == "hidden":
+                return TeacherTokens(hidden=hidden, head_weight=weight)
+            return score_tokens(hidden, weight, batch.completion_targets(), request)
+
+
+def score_tokens(hidden, weight, targets, request: TeacherRequest) -> TeacherTokens:
+    """Top-k or actual-token log-probs at the loss temperature, computed in chunks of rows."""
+    chunk = auto_chunk_size(weight.shape[0])
+    topk_lp, topk_ids, token_lp = [], [], []
+    for start in range(0, max(hidden.shape[0], 1), chunk):  # one empty chunk keeps the shapes for N=0
+        logp = torch.log_softmax(project(hidden[start : start + chunk], weight) / request.temperature, -1)
+        if request.signal == "topk":
+            values, ids = logp.topk(min(request.k, logp.shape[-1]), dim=-1)
+            topk_lp.append(values)
+            topk_ids.append(ids)
+        token_lp.append(logp.gather(-1, targets[start : start + chunk, None]).squeeze(-1))
+    return TeacherTokens(
+        topk_logprobs=torch.cat(topk_lp) if topk_lp else None,
+        topk_ids=torch.cat(topk_ids) if topk_ids else None,
+        token_logprobs=torch.cat(token_lp),
+    )
+
+
+class TeacherGenerator:
+    """A generator that samples with the teacher's weights active (seq_kd, and the teacher's accuracy)."""
+
+    def __init__(self, generator, teacher: InProcessTeacher):
+        self.generator, self.teacher = generator, teacher
+
+    def generate(self, prompt_ids: list[list[int]], n: int = 1, greedy: bool = False) -> list[list[int]]:
+        with self.teacher.active():
+            return self.generator.generate(prompt_ids, n=n, greedy=greedy)
