@@ -96,6 +96,22 @@ def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, needs_compl
     return train_rows, eval_rows
 
 
+def check_composition(cfg: DictConfig, method, teacher) -> None:
+    """Refuse a method x teacher x loss combination that cannot work, before anything loads."""
+    divergence = instantiate(cfg.loss, beta=method.beta, temperature=method.temperature)
+    if divergence.signal not in teacher.signals:
+        raise ConfigError(
+            f"teacher={choice(cfg, 'teacher')} cannot give what loss={loss_mode(cfg)} needs ({divergence.signal}): "
+            f"it returns only {' / '.join(teacher.signals)} (a server sends top-k and token log-probs, not "
+            "hidden states or full logits). Use loss=topk or loss=sampled."
+        )
+    if getattr(method, "seq_kd", False) and method.lmbda < 1 and not getattr(teacher, "can_generate", True):
+        raise ConfigError(
+            f"method.seq_kd=true needs a teacher that generates in process; teacher={choice(cfg, 'teacher')} only "
+            "scores. Set method.seq_kd=false, or use teacher=live with teacher.model."
+        )
+
+
 @dataclass
 class Prepared:
     """Everything settled before a model loads: the parsed objects, the shared vocabulary and the token ids."""
@@ -113,6 +129,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     validate(cfg)
     method = instantiate(cfg.method)
     teacher = instantiate(cfg.teacher)
+    check_composition(cfg, method, teacher)
     tokenizer = load_tokenizer(cfg.model.student, cfg.model.trust_remote_code)
     student_config = load_model_config(cfg.model.student, cfg.model.trust_remote_code)
     configs = [student_config]
