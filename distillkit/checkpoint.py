@@ -36,14 +36,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(root: Path, step: int, state: dict, keep_last: int = 2) -> Path:
+def save_checkpoint(root: Path, step: int, state: dict, keep_last: int = 2, rng: dict | None = None) -> Path:
     """Write into a temporary folder and rename it, so a kill mid-write never leaves a half checkpoint."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".step_{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
+    torch.save({**state, "step": step, "rng": rng or rng_state()}, tmp / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(root.glob("step_*"))[:-keep_last]:

@@ -25,7 +25,8 @@ def format_summary(summary) -> str:
     acc, kl = summary.student_accuracy, summary.teacher_kl
     rows = [
         ("student accuracy (held-out exact match)", f"{acc[0]:.1%} -> {acc[-1]:.1%}"),
-        ("teacher accuracy", f"{summary.teacher_accuracy:.1%}"),
+        ("teacher accuracy", "n/a (remote)" if summary.teacher_accuracy != summary.teacher_accuracy
+         else f"{summary.teacher_accuracy:.1%}"),
         ("teacher-student KL(T||S) per token", f"{kl[0]:.4f} -> {kl[-1]:.4f}"),
         ("training tokens/s", f"{summary.tokens_per_s:,.0f}"),
         ("final student", summary.final_model_dir),
@@ -41,6 +42,7 @@ def train(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from distillkit.runner import run
+    from distillkit.serve.client import TeacherError
 
     hydra_cfg = HydraConfig.get()
     try:
@@ -48,6 +50,10 @@ def train(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"distillkit: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TeacherError as err:
+        print(f"distillkit: error: {err}\nA checkpoint was written; rerun the same command to resume.",
+              file=sys.stderr)
+        sys.exit(3)
     print("\n" + format_summary(summary))
 
 

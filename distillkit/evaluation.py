@@ -6,8 +6,8 @@ import torch
 
 from distillkit.batch import collate, completion_hidden
 from distillkit.losses.base import TeacherRequest
-from distillkit.losses.chunked_head import auto_chunk_size, project
-from distillkit.losses.math import kl
+from distillkit.losses.chunked_head import at_least_fp32, auto_chunk_size, project
+from distillkit.losses.math import add_tail_bucket, kl
 from distillkit.models import DecoderAndHead
 
 
@@ -25,10 +25,14 @@ def teacher_forced_kl(
     student: DecoderAndHead, teacher, rows: list[dict], vocab_size: int, pad_id: int, device: torch.device,
     batch_size: int = 256,
 ) -> float:
-    """Mean per-token forward KL(T||S) at temperature 1 over the held-out reference completions."""
+    """Mean per-token forward KL(T||S) at temperature 1 over the held-out reference completions.
+
+    A teacher that only sends top-k log-probs (a server) is compared on its top-k support plus a tail bucket.
+    """
     scored = [r for r in rows if "completion_ids" in r]
     total, tokens = 0.0, 0
-    request = TeacherRequest("hidden", 1.0)
+    full = "hidden" in teacher.signals
+    request = TeacherRequest("hidden", 1.0) if full else TeacherRequest("topk", 1.0, k=teacher.k_max or 20)
     for start in range(0, len(scored), batch_size):
         part = scored[start : start + batch_size]
         batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part], pad_id).to(device)
@@ -38,7 +42,11 @@ def teacher_forced_kl(
         chunk = auto_chunk_size(vocab_size)
         for a in range(0, hs.shape[0], chunk):
             s = torch.log_softmax(project(hs[a : a + chunk], ws), -1)
-            t = torch.log_softmax(project(theirs.hidden[a : a + chunk], theirs.head_weight), -1)
+            if full:
+                t = torch.log_softmax(project(theirs.hidden[a : a + chunk], theirs.head_weight), -1)
+            else:
+                t = add_tail_bucket(at_least_fp32(theirs.topk_logprobs[a : a + chunk]))
+                s = add_tail_bucket(s.gather(-1, theirs.topk_ids[a : a + chunk].long()))
             total += kl(t, s).sum().item()
         tokens += hs.shape[0]
     return total / max(tokens, 1)

@@ -23,6 +23,7 @@ from distillkit.batch import completion_hidden
 from distillkit.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     set_rng_state,
     trainable_state,
@@ -43,6 +44,7 @@ from distillkit.models import (
     load_tokenizer,
     shared_vocab_size,
 )
+from distillkit.serve.client import TeacherError
 from distillkit.teachers.in_process import TeacherGenerator
 from distillkit.tracking import Tracker
 from distillkit.validation import SUFFIXES, choice, loss_mode, resolve_device, validate
@@ -96,7 +98,7 @@ def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, needs_compl
     return train_rows, eval_rows
 
 
-def check_composition(cfg: DictConfig, method, teacher) -> None:
+def check_composition(cfg: DictConfig, method, teacher):
     """Refuse a method x teacher x loss combination that cannot work, before anything loads."""
     divergence = instantiate(cfg.loss, beta=method.beta, temperature=method.temperature)
     if divergence.signal not in teacher.signals:
@@ -110,6 +112,7 @@ def check_composition(cfg: DictConfig, method, teacher) -> None:
             f"method.seq_kd=true needs a teacher that generates in process; teacher={choice(cfg, 'teacher')} only "
             "scores. Set method.seq_kd=false, or use teacher=live with teacher.model."
         )
+    return divergence
 
 
 @dataclass
@@ -129,17 +132,22 @@ def prepare(cfg: DictConfig) -> Prepared:
     validate(cfg)
     method = instantiate(cfg.method)
     teacher = instantiate(cfg.teacher)
-    check_composition(cfg, method, teacher)
+    request = check_composition(cfg, method, teacher).teacher_request()
     tokenizer = load_tokenizer(cfg.model.student, cfg.model.trust_remote_code)
     student_config = load_model_config(cfg.model.student, cfg.model.trust_remote_code)
     configs = [student_config]
-    if teacher.model_name is None:  # the teacher is (a version of) the student itself
+    contexts = []
+    if getattr(teacher, "remote", False):  # asks the server: /health, /info, tokenizer hash, k limit
+        vocab_size = teacher.shared_vocab_size(tokenizer, embedding_rows(student_config))
+        teacher.check_request(request)
+        contexts.append(teacher.context_length)
+    elif teacher.model_name is None:  # the teacher is (a version of) the student itself
         vocab_size = embedding_rows(student_config)
     else:
         configs.append(load_model_config(teacher.model_name, teacher.trust_remote_code))
         teacher_tokenizer = load_tokenizer(teacher.model_name, teacher.trust_remote_code)
         vocab_size = shared_vocab_size(tokenizer, teacher_tokenizer, student_config, configs[1])
-    contexts = [c for c in map(context_length, configs) if c]
+    contexts = [c for c in [*contexts, *map(context_length, configs)] if c]
     max_prompt_length = (min(contexts) if contexts else 10**9) - cfg.train.max_completion_length
     if max_prompt_length < 1:
         raise ConfigError(
@@ -190,12 +198,19 @@ def build(cfg: DictConfig, prepared: Prepared) -> Parts:
         vocab_size=prepared.vocab_size, student=student, student_parts=decoder_and_head(student),
         divergence=instantiate(cfg.loss, beta=method.beta, temperature=method.temperature),
         generator=instantiate(cfg.generation).bind(student, tokenizer),
-        teacher_generator=TeacherGenerator(HFGenerator(**_generation_kwargs(cfg)).bind(teacher.model, tokenizer),
-                                           teacher),
+        teacher_generator=teacher_generator(cfg, teacher, tokenizer),
         params=params, optimizer=optimizer,
         scheduler=get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                 num_training_steps=cfg.train.steps),
     )
+
+
+def teacher_generator(cfg: DictConfig, teacher, tokenizer, greedy: bool = False) -> TeacherGenerator | None:
+    """Sampling (seq_kd) or greedy decoding (the teacher's accuracy) with the teacher's weights; None if remote."""
+    if not getattr(teacher, "can_generate", True):
+        return None
+    kwargs = {"max_completion_length": cfg.train.max_completion_length} if greedy else _generation_kwargs(cfg)
+    return TeacherGenerator(HFGenerator(**kwargs).bind(teacher.model, tokenizer), teacher)
 
 
 def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = None) -> dict[str, float]:
@@ -285,9 +300,8 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         print(f"Resumed from {resume_from} (step {start_step}).")
     else:
         summary = Summary()
-        teacher_greedy = TeacherGenerator(HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(
-            parts.teacher.model, parts.tokenizer), parts.teacher)
-        summary.teacher_accuracy = exact_match(teacher_greedy, eval_rows)
+        teacher_greedy = teacher_generator(cfg, parts.teacher, parts.tokenizer, greedy=True)
+        summary.teacher_accuracy = exact_match(teacher_greedy, eval_rows) if teacher_greedy else float("nan")
         before = evaluate_student()
         summary.student_accuracy.append(before["eval/accuracy"])
         summary.teacher_kl.append(before["eval/teacher_kl"])
@@ -301,8 +315,21 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     clock = StepClock()
     progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
                     desc=f"{choice(cfg, 'method')} {loss_mode(cfg)}", dynamic_ncols=True)
+    def checkpoint(step: int, rng: dict | None = None) -> None:
+        save_checkpoint(checkpoints, step, {
+            "model": trainable_state(parts.student), "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(), "teacher": parts.teacher.state_dict(), "summary": summary,
+        }, keep_last=cfg.train.keep_checkpoints, rng=rng)
+
     for step in progress:
-        metrics = optimizer_step(parts, [train_rows[i] for i in sampler.indices(step)], step, clock)
+        step_rng = rng_state()
+        try:
+            metrics = optimizer_step(parts, [train_rows[i] for i in sampler.indices(step)], step, clock)
+        except TeacherError:
+            parts.optimizer.zero_grad(set_to_none=True)
+            checkpoint(step, rng=step_rng)  # the state before this step: a resume redoes it exactly
+            tracker.end(status="FAILED")
+            raise
         done = step + 1
         progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
@@ -310,11 +337,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps:
             tracker.log(evaluate_student(), step=done)
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
-            save_checkpoint(checkpoints, done, {
-                "model": trainable_state(parts.student), "optimizer": parts.optimizer.state_dict(),
-                "scheduler": parts.scheduler.state_dict(), "teacher": parts.teacher.state_dict(),
-                "summary": summary,
-            }, keep_last=cfg.train.keep_checkpoints)
+            checkpoint(done)
     progress.close()
 
     # ---- finish

@@ -185,8 +185,7 @@ class TeacherClient:
             raise ValueError(f"protocol={protocol!r} is not one of {PROTOCOLS}")
         if max_tokens_per_request < 1 or max_concurrency < 1 or retries < 0:
             raise ValueError("max_tokens_per_request and max_concurrency must be >= 1, retries >= 0")
-        url = url.rstrip("/")
-        self.url = url.removesuffix("/v1") if protocol == "openai" else url
+        self.url = url.rstrip("/").removesuffix("/v1")  # an OpenAI base_url names the same server
         self.api_key, self.protocol, self.model = api_key, protocol, model
         self.max_tokens_per_request, self.max_concurrency = int(max_tokens_per_request), int(max_concurrency)
         self.timeout = (float(connect_timeout), float(read_timeout))

@@ -24,6 +24,8 @@ import time
 import uuid
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 
 from distillkit.serve.protocol import (
     BINARY_TYPE,
@@ -49,8 +51,6 @@ class ApiError(Exception):
 
 
 def json_response(obj, status: int = 200):
-    from fastapi.responses import Response
-
     # allow_nan: a log-prob of -inf is a legal answer (vLLM writes it the same way)
     return Response(json.dumps(obj, allow_nan=True, separators=(",", ":")), status_code=status,
                     media_type=JSON_TYPE)
@@ -152,9 +152,6 @@ def check_score_request(req: ScoreRequest, engine, max_k: int) -> int:
 
 def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_bytes: int = 256 * 2**20):
     from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
 
     @asynccontextmanager
     async def lifespan(app):
@@ -304,6 +301,7 @@ async def openai_completions(body: dict, engine, max_k: int, run) -> dict:
         raise ApiError(400, "the body lacks 'prompt'")
     prompts = _prompts(body["prompt"], engine.tokenizer)
     max_tokens = _opt_int(body, "max_tokens", 16, 0, None)
+    max_tokens = 16 if max_tokens is None else max_tokens  # OpenAI's default
     logprobs = _opt_int(body, "logprobs", None, 0, max_k)
     prompt_logprobs = _opt_int(body, "prompt_logprobs", None, 0, max_k)
     if _opt_int(body, "n", 1, 1, 1) != 1 or body.get("best_of") not in (None, 1) or body.get("stream"):

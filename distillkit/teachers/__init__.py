@@ -3,5 +3,6 @@
 from distillkit.teachers.base import BaseTeacher
 from distillkit.teachers.ema import EmaTeacher
 from distillkit.teachers.live import LiveTeacher
+from distillkit.teachers.remote import RemoteTeacher
 
-__all__ = ["BaseTeacher", "EmaTeacher", "LiveTeacher"]
+__all__ = ["BaseTeacher", "EmaTeacher", "LiveTeacher", "RemoteTeacher"]

@@ -26,9 +26,11 @@ VLLM_DEFAULT_MAX_LOGPROBS = 20
 class RemoteTeacher:
     """Scores completion tokens on a teacher server. No weights are loaded in this process."""
 
-    model_name = None
+    model_name = None  # no weights here: the runner loads neither a teacher config nor a teacher tokenizer
     trust_remote_code = False
     signals = ("topk", "token")
+    can_generate = False  # seq_kd and the teacher's own accuracy need a teacher in process
+    remote = True
 
     def __init__(self, url: str = "http://127.0.0.1:8000", protocol: str = "binary", api_key: str | None = None,
                  k_max: int | None = None, model: str | None = None, timeout: float = 300.0,
@@ -132,22 +134,35 @@ class RemoteTeacher:
     def load_state_dict(self, state: dict) -> None:
         pass
 
-    def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:
+    def check_request(self, request: TeacherRequest) -> int:
+        """Refuse what this teacher cannot answer (call it at start-up with the loss's request); returns the k to
+        ask the server for."""
         if request.signal == "hidden":
             raise ConfigError("teacher=remote cannot give hidden states; use loss=topk or loss=sampled")
         if request.signal not in self.signals:
             raise ConfigError(f"teacher=remote cannot answer a {request.signal!r} request")
         self.connect()
+        if (self.protocol == "openai" and float(request.temperature) != 1.0
+                and not self.client.approximate_temperature):
+            raise ConfigError(
+                f"teacher.protocol=openai gives log-probs at temperature 1 only (vLLM ignores `temperature` for "
+                f"prompt_logprobs) and only the top-k, so method.temperature={request.temperature} cannot be applied "
+                "exactly. Use teacher.protocol=binary with `distillkit serve-teacher`, method.temperature=1, or "
+                "teacher.approximate_temperature=true (renormalizes over the top-k; see docs/serve-teacher.md)."
+            )
+        if request.signal != "topk":
+            return 1
+        k = min(int(request.k), self.vocab_size) if self.vocab_size else int(request.k)
+        if self.k_max is not None and k > self.k_max:
+            raise ConfigError(
+                f"loss.k={request.k} but the teacher server at {self.url} gives at most {self.k_max} log-probs "
+                "per position: lower loss.k, or raise the server's --max-k (vLLM: --max-logprobs)."
+            )
+        return k
+
+    def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:
+        k = self.check_request(request)
         vocab = self.vocab_size
-        if request.signal == "topk":
-            k = min(int(request.k), vocab) if vocab else int(request.k)
-            if self.k_max is not None and k > self.k_max:
-                raise ConfigError(
-                    f"loss.k={request.k} but the teacher server at {self.url} gives at most {self.k_max} log-probs "
-                    "per position: lower loss.k, or raise the server's --max-k (vLLM: --max-logprobs)."
-                )
-        else:
-            k = 1
         sequences, prompt_lengths, keeps = split_rows(batch)
         topk_lp, topk_ids, token_lp = self.client.score(
             sequences, prompt_lengths, k, float(request.temperature),

@@ -1,0 +1,107 @@
+"""Every method x teacher x loss x generation combination runs, or is refused at start-up with a message.
+
+The remote teacher is a real `distillkit serve-teacher` process on loopback serving the tiny teacher.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from urllib.parse import urlparse
+
+import pytest
+from test_serve import start_server, stop_server
+
+from distillkit.models import ConfigError
+from distillkit.runner import run
+
+METHODS = ["gkd"]
+TEACHERS = ["live", "live-self", "base", "ema", "remote"]
+LOSSES = ["full", "topk", "sampled"]
+GENERATIONS = ["hf"]
+REFUSED = {("remote", "full"): "cannot give what loss=full needs"}
+
+
+@pytest.fixture(scope="module")
+def teacher_server(tiny_pair):
+    proc, url, log = start_server(tiny_pair[1], "--max-k", "16")
+    yield url
+    stop_server(proc, log)
+
+
+def teacher_overrides(teacher: str, url: str) -> list[str]:
+    if teacher == "live-self":
+        return ["teacher.model=null"]
+    if teacher == "remote":
+        return ["teacher=remote", f"teacher.url={url}", "teacher.retries=0"]
+    return [f"teacher={teacher}"]
+
+
+@pytest.mark.parametrize(("method", "teacher", "loss", "generation"),
+                         list(itertools.product(METHODS, TEACHERS, LOSSES, GENERATIONS)))
+def test_combination_runs_or_is_refused(compose_cfg, teacher_server, tmp_path, method, teacher, loss, generation):
+    cfg = compose_cfg(f"method={method}", f"loss={loss}", f"generation={generation}", "loss.k=8" if loss == "topk"
+                      else "train.seed=0", "train.steps=2", "tracking.enabled=false", "train.eval_every=0",
+                      "data.num_eval=8", *teacher_overrides(teacher, teacher_server))
+    if (teacher, loss) in REFUSED:
+        with pytest.raises(ConfigError, match=REFUSED[teacher, loss]):
+            run(cfg, tmp_path)
+        assert not (tmp_path / "final_model").exists()
+        return
+    summary = run(cfg, tmp_path)
+    assert summary.steps == 2 and len(summary.teacher_kl) == 2
+    assert all(kl == kl for kl in summary.teacher_kl)  # finite, including the remote (top-k) evaluation
+
+
+def test_seq_kd_with_a_remote_teacher_is_refused(compose_cfg, teacher_server):
+    from distillkit.runner import prepare
+
+    cfg = compose_cfg("loss=topk", "method.lmbda=0.5", "method.seq_kd=true",
+                      *teacher_overrides("remote", teacher_server))
+    with pytest.raises(ConfigError, match="seq_kd"):
+        prepare(cfg)
+
+
+def test_unreachable_teacher_server_is_refused_before_training(compose_cfg, tmp_path):
+    cfg = compose_cfg("loss=topk", "teacher=remote", "teacher.url=http://127.0.0.1:9", "teacher.retries=0",
+                      "teacher.connect_timeout=1")
+    with pytest.raises(ConfigError, match="127.0.0.1:9"):
+        run(cfg, tmp_path)
+
+
+def test_server_dies_mid_run_then_the_run_resumes(tiny_pair, tmp_path):
+    """The run writes a checkpoint and exits with a clear error; rerunning the command resumes it."""
+    proc, url, log = start_server(tiny_pair[1])
+    student, _ = tiny_pair
+    command = [
+        sys.executable, "-m", "distillkit.cli", f"model.student={student}", "teacher=remote", f"teacher.url={url}",
+        "teacher.retries=1", "teacher.backoff=0.05", "teacher.connect_timeout=1", "loss=topk", "loss.k=8",
+        "data.num_train=256", "data.num_eval=8", "train.batch_size=8", "train.steps=400", "train.save_every=2",
+        "train.eval_every=0", "tracking.enabled=false", f"hydra.run.dir={tmp_path}",
+    ]
+    run_proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        deadline = time.time() + 180
+        while not list((tmp_path / "checkpoints").glob("step_*")) and time.time() < deadline:
+            time.sleep(0.05)
+        stop_server(proc, log)
+        _, stderr = run_proc.communicate(timeout=180)
+    finally:
+        run_proc.kill()
+    assert run_proc.returncode == 3, stderr[-2000:]
+    assert url in stderr and "rerun the same command to resume" in stderr
+    assert not (tmp_path / "final_model").exists()
+    assert list((tmp_path / "checkpoints").glob("step_*"))
+
+    proc, url2, log = start_server(tiny_pair[1], port=urlparse(url).port)
+    try:
+        finish = command[:-3] + ["train.steps=24", "tracking.enabled=false", f"hydra.run.dir={tmp_path}"]
+        resumed = subprocess.run(finish, capture_output=True, text=True, timeout=300)
+    finally:
+        stop_server(proc, log)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resumed from" in resumed.stdout
+    assert (tmp_path / "final_model" / "model.safetensors").exists()

@@ -1,0 +1,316 @@
+"""`distillkit serve-teacher`: a real server process on loopback, serving a tiny model.
+
+Checked: /health and /info, the vLLM-shaped /v1/completions through the official `openai` client, /v1/score
+(binary and JSON) against the same model run in process, the documented binary layout, dynamic batching under
+concurrent clients, every refusal (4xx, and the server stays up), and the API key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from tiny_models import make_tiny_model
+
+from distillkit.batch import collate
+from distillkit.losses.base import TeacherRequest
+from distillkit.serve.client import TeacherClient
+from distillkit.serve.protocol import tokenizer_hash
+from distillkit.teachers.live import LiveTeacher
+
+API_KEY = "test-key-123"
+VOCAB = 16  # the character tokenizer of tests/tiny_models.py
+CONTEXT = 64
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: Path, *args: str, env: dict | None = None, timeout: float = 150.0,
+                 port: int | None = None):
+    """Start `python -m distillkit.cli serve-teacher` on a (free) loopback port and wait for /health."""
+    port = port or free_port()
+    log = open(model_dir.parent / f"server-{port}.log", "w+")  # noqa: SIM115 (closed by stop_server)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distillkit.cli", "serve-teacher", "--model", str(model_dir), "--port", str(port),
+         "--log-level", "warning", *args],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"the teacher server exited with {proc.returncode}:\n{log.read()}")
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url, log
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"the teacher server did not answer /health within {timeout}s")
+
+
+def stop_server(proc, log) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def live_teacher(model_dir: Path, vocab_size: int = VOCAB) -> LiveTeacher:
+    teacher = LiveTeacher(model=str(model_dir))
+    extra = {"student": None} if "student" in inspect.signature(teacher.setup).parameters else {}
+    teacher.setup(torch.device("cpu"), vocab_size, **extra)
+    return teacher
+
+
+def random_rows(seed: int, n: int = 6, vocab: int = VOCAB) -> tuple[list[list[int]], list[list[int]]]:
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, vocab, (int(m),), generator=g).tolist() for m in torch.randint(1, 12, (n,), generator=g)]
+    comps = [torch.randint(3, vocab, (int(m),), generator=g).tolist() for m in torch.randint(1, 9, (n,), generator=g)]
+    return prompts, comps
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("serve") / "teacher", hidden=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    proc, url, log = start_server(model_dir, "--api-key", API_KEY, "--max-k", "8", "--batch-window-ms", "30",
+                                  "--max-body-bytes", "65536")
+    yield url
+    stop_server(proc, log)
+
+
+@pytest.fixture(scope="module")
+def live(model_dir) -> LiveTeacher:
+    return live_teacher(model_dir)
+
+
+@pytest.fixture
+def auth() -> dict:
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def client(url: str, protocol: str = "binary", **kwargs) -> TeacherClient:
+    return TeacherClient(url, api_key=API_KEY, protocol=protocol, retries=0, **kwargs)
+
+
+def test_health_info_and_api_key(server, model_dir, auth):
+    assert requests.get(server + "/health").json() == {"status": "ok"}  # open, for liveness probes
+    missing = requests.get(server + "/info")
+    assert missing.status_code == 401 and "API key" in missing.json()["error"]["message"]
+    assert requests.get(server + "/info", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert requests.post(server + "/v1/score", json={}).status_code == 401
+    info = requests.get(server + "/info", headers=auth)
+    assert info.status_code == 200
+    info = info.json()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert info["model"] == str(model_dir)
+    assert info["vocab_size"] == VOCAB and info["tokenizer_vocab_size"] == len(tokenizer)
+    assert info["tokenizer_hash"] == tokenizer_hash(tokenizer.get_vocab())
+    assert info["max_k"] == 8 and info["context_length"] == CONTEXT
+    assert {"forwards", "requests"} <= set(info["stats"])
+
+
+def test_openai_client_gets_vllm_shaped_prompt_logprobs(server, live):
+    openai = pytest.importorskip("openai")
+    api = openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0)
+    model = api.models.list().data[0].id
+    prompt = [5, 9, 3, 12, 7, 7, 14, 4]
+    out = api.completions.create(model=model, prompt=prompt, max_tokens=1, echo=True, logprobs=5,
+                                 extra_body={"prompt_logprobs": 8})
+    choice = out.choices[0]
+    prompt_logprobs = choice.model_extra["prompt_logprobs"]
+    assert len(prompt_logprobs) == len(prompt) and prompt_logprobs[0] is None
+    ref = live.score(collate([prompt[:1]], [prompt[1:]], 0), TeacherRequest("topk", 1.0, 8))
+    for t in range(1, len(prompt)):
+        entry = prompt_logprobs[t]
+        assert str(prompt[t]) in entry and len(entry) in (8, 9)
+        top = sorted(((int(tid), v) for tid, v in entry.items() if v["rank"] <= 8), key=lambda x: x[1]["rank"])
+        assert [tid for tid, _ in top] == ref.topk_ids[t - 1].tolist()
+        assert np.allclose([v["logprob"] for _, v in top], ref.topk_logprobs[t - 1].numpy(), atol=1e-4)
+        assert entry[str(prompt[t])]["logprob"] == pytest.approx(ref.token_logprobs[t - 1].item(), abs=1e-4)
+        assert all(set(v) == {"logprob", "rank", "decoded_token"} for v in entry.values())
+    # echo=True with logprobs=5: OpenAI's text-keyed logprobs over prompt + 1 generated token
+    assert len(choice.logprobs.tokens) == len(prompt) + 1 and choice.logprobs.token_logprobs[0] is None
+    assert out.usage.prompt_tokens == len(prompt) and out.usage.completion_tokens == 1
+    # a batch of prompts (list of lists) and max_tokens=0
+    batch = api.completions.create(model=model, prompt=[prompt[:4], prompt], max_tokens=0, echo=True,
+                                   extra_body={"prompt_logprobs": 2})
+    assert [len(c.model_extra["prompt_logprobs"]) for c in batch.choices] == [4, len(prompt)]
+    assert batch.usage.completion_tokens == 0
+    # greedy continuation, one forward per token: the first generated token is the teacher's argmax
+    greedy = api.completions.create(model=model, prompt=prompt, max_tokens=3, logprobs=2)
+    steps = greedy.usage.completion_tokens
+    assert 1 <= steps <= 3 and len(greedy.choices[0].logprobs.tokens) == steps
+    with torch.no_grad():
+        ref_next = live.parts.head.weight @ live.parts.hidden_states(
+            torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long))[0, -1]
+    assert greedy.choices[0].logprobs.token_logprobs[0] == pytest.approx(
+        torch.log_softmax(ref_next, -1).max().item(), abs=1e-4)
+    with pytest.raises(openai.NotFoundError):
+        api.completions.create(model="someone-else", prompt=prompt, max_tokens=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("protocol", ["binary", "json"])
+def test_score_matches_in_process_teacher(server, live, protocol, temperature):
+    prompts, comps = random_rows(seed=1)
+    batch = collate(prompts, comps, 0)
+    ref = live.score(batch, TeacherRequest("topk", temperature, 5))
+    sequences = [p + c for p, c in zip(prompts, comps, strict=True)]
+    lengths = [len(p) for p in prompts]
+    for kwargs in ({}, {"max_tokens_per_request": 7, "max_concurrency": 3}):  # one request; many tiny chunks
+        lp, ids, tok = client(server, protocol, **kwargs).score(sequences, lengths, 5, temperature)
+        assert lp.dtype == torch.float32 and ids.dtype == torch.int64 and tok.dtype == torch.float32
+        assert lp.shape == ids.shape == (batch.num_completion_tokens, 5)
+        torch.testing.assert_close(lp, ref.topk_logprobs, atol=1e-4, rtol=0)
+        assert torch.equal(ids, ref.topk_ids)
+        torch.testing.assert_close(tok, ref.token_logprobs, atol=1e-4, rtol=0)
+
+
+def test_binary_and_json_carry_the_same_fields(server, auth):
+    body = {"sequences": [[5, 6, 7, 8], [9, 10, 11]], "prompt_lengths": [2, 1], "k": 3, "temperature": 0.9}
+    as_json = requests.post(server + "/v1/score", json=body, headers=auth).json()
+    binary = requests.post(server + "/v1/score", json=body, headers={**auth, "Accept": "application/octet-stream"})
+    assert binary.headers["content-type"] == "application/octet-stream"
+    raw = binary.content
+    # the documented layout, read by hand: magic, uint32 header size, JSON header, then the arrays
+    assert raw[:4] == b"DKR1"
+    (size,) = struct.unpack_from("<I", raw, 4)
+    assert size % 4 == 0
+    header = json.loads(raw[8 : 8 + size])
+    n, k = header["rows"], header["k"]
+    assert (n, k) == (4, 3) and header["rows_per_sequence"] == [2, 2]
+    topk_lp = np.frombuffer(raw, "<f4", n * k, 8 + size).reshape(n, k)
+    topk_ids = np.frombuffer(raw, "<i4", n * k, 8 + size + 4 * n * k).reshape(n, k)
+    token_lp = np.frombuffer(raw, "<f4", n, 8 + size + 8 * n * k)
+    assert len(raw) == 8 + size + 4 * (2 * n * k + n)
+    assert {"rows", "k", "temperature", "rows_per_sequence", "topk_logprobs", "topk_ids", "token_logprobs"} <= set(
+        as_json)
+    assert np.array_equal(topk_lp, np.array(as_json["topk_logprobs"], np.float32))
+    assert np.array_equal(topk_ids, np.array(as_json["topk_ids"]))
+    assert np.array_equal(token_lp, np.array(as_json["token_logprobs"], np.float32))
+    # a hand-made binary request gets the same answer
+    lengths, prompts, tokens = [4, 3], [2, 1], [5, 6, 7, 8, 9, 10, 11]
+    head = json.dumps({"num_sequences": 2, "num_tokens": 7, "k": 3, "temperature": 0.9}).encode()
+    head += b" " * (-len(head) % 4)
+    request = b"DKQ1" + struct.pack("<I", len(head)) + head + np.array(lengths + prompts + tokens, "<i4").tobytes()
+    again = requests.post(server + "/v1/score", data=request,
+                          headers={**auth, "Content-Type": "application/octet-stream"})
+    assert again.status_code == 200 and again.content == raw
+
+
+def test_concurrent_clients_get_their_own_rows_and_are_batched(server, live, auth):
+    n_clients = 16
+    jobs = []
+    for c in range(n_clients):
+        prompts, comps = random_rows(seed=100 + c, n=3)
+        ref = live.score(collate(prompts, comps, 0), TeacherRequest("topk", 1.0, 4))
+        jobs.append(([p + q for p, q in zip(prompts, comps, strict=True)], [len(p) for p in prompts], ref))
+    before = requests.get(server + "/metrics", headers=auth).json()
+    barrier, results, errors = threading.Barrier(n_clients), [None] * n_clients, []
+
+    def work(c):
+        try:
+            sequences, lengths, _ = jobs[c]
+            one = client(server)
+            barrier.wait()
+            results[c] = one.score(sequences, lengths, 4, 1.0)
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    after = requests.get(server + "/metrics", headers=auth).json()
+    for (_, _, ref), (lp, ids, tok) in zip(jobs, results, strict=True):
+        torch.testing.assert_close(lp, ref.topk_logprobs, atol=1e-4, rtol=0)
+        assert torch.equal(ids, ref.topk_ids)
+        torch.testing.assert_close(tok, ref.token_logprobs, atol=1e-4, rtol=0)
+    requests_served = after["requests"] - before["requests"]
+    forwards = after["forwards"] - before["forwards"]
+    assert requests_served == n_clients
+    assert forwards < requests_served, (forwards, requests_served)
+
+
+GOOD = {"sequences": [[5, 6, 7, 8], [9, 10, 11]], "prompt_lengths": [2, 1], "k": 3, "temperature": 1.0}
+
+
+@pytest.mark.parametrize("change, status, words", [
+    ({"prompt_lengths": [2]}, 400, "prompt_lengths has 1"),
+    ({"prompt_lengths": [2, 4]}, 400, "prompt_lengths[1]=4 lies outside [0, 3]"),
+    ({"prompt_lengths": [-1, 1]}, 400, "prompt_lengths[0]=-1"),
+    ({"prompt_lengths": [0, 1]}, 400, "prompt_lengths[0]=0"),
+    ({"sequences": [[5] * (CONTEXT + 1), [9, 10]]}, 400, "more than the model's context of 64"),
+    ({"k": 0}, 400, "k=0 must lie in [1, 8]"),
+    ({"k": 9}, 400, "--max-k is 8"),
+    ({"sequences": [[5, 6, 16, 8], [9, 10, 11]]}, 400, "token id 16 lies outside the vocabulary [0, 16)"),
+    ({"sequences": [[5, 6, 7, 8], [9, -1, 11]]}, 400, "sequence 1, position 1: token id -1"),
+    ({"temperature": 0}, 400, "temperature=0"),
+    ({"temperature": "hot"}, 400, "temperature must be a number"),
+    ({"sequences": [[5, 6.5, 7], [9, 10, 11]]}, 400, "sequences[0] must be a list of integers"),
+    ({"vocab_size": 17}, 400, "vocab_size=17"),
+    ({"k": 5, "vocab_size": 4}, 400, "k=5 exceeds the vocabulary of 4 tokens"),
+])
+def test_bad_score_requests_are_refused_and_the_server_stays_up(server, auth, change, status, words):
+    resp = requests.post(server + "/v1/score", json={**GOOD, **change}, headers=auth)
+    assert resp.status_code == status, resp.text
+    assert words in resp.json()["error"]["message"]
+    assert requests.get(server + "/health").status_code == 200
+
+
+def test_bad_binary_and_oversized_requests(server, auth):
+    octet = {**auth, "Content-Type": "application/octet-stream"}
+    head = json.dumps({"num_sequences": 2, "num_tokens": 7, "k": 3, "temperature": 1.0}).encode()
+    frame = b"DKQ1" + struct.pack("<I", len(head)) + head
+    short = requests.post(server + "/v1/score", data=frame + np.array([4, 3, 2, 1, 5, 6], "<i4").tobytes(),
+                          headers=octet)
+    assert short.status_code == 400 and "announces" in short.json()["error"]["message"]
+    wrong_sum = frame + np.array([4, 2, 2, 1, 5, 6, 7, 8, 9, 10, 11], "<i4").tobytes()
+    resp = requests.post(server + "/v1/score", data=wrong_sum, headers=octet)
+    assert resp.status_code == 400 and "lengths sum to 6" in resp.json()["error"]["message"]
+    assert requests.post(server + "/v1/score", data=b"junk", headers=octet).status_code == 400
+    assert requests.post(server + "/v1/score", data=b"{not json", headers={**auth, "Content-Type": "application/json"}
+                         ).status_code == 400
+    big = {**GOOD, "sequences": [[5] * 20] * 2000, "prompt_lengths": [1] * 2000}
+    too_big = requests.post(server + "/v1/score", json=big, headers=auth)
+    assert too_big.status_code == 413 and "--max-body-bytes=65536" in too_big.json()["error"]["message"]
+    chunked = requests.post(server + "/v1/score", data=iter([json.dumps(big).encode()] * 2),  # no Content-Length
+                            headers={**auth, "Content-Type": "application/json"})
+    assert chunked.status_code == 413
+    for body in ({"model": "x", "prompt": [1, 2]}, {"prompt": [1, 99], "max_tokens": 0},
+                 {"prompt": [1, 2], "prompt_logprobs": 9}, {"prompt": [5] * 60, "max_tokens": 5}, {"prompt": []}):
+        resp = requests.post(server + "/v1/completions", json=body, headers=auth)
+        assert resp.status_code in (400, 404) and resp.json()["error"]["message"], body
+    assert requests.get(server + "/health").status_code == 200
+    # and it still scores
+    assert requests.post(server + "/v1/score", json=GOOD, headers=auth).json()["rows"] == 4
