@@ -16,6 +16,7 @@ from distillkit.batch import SequenceBatch, completion_hidden
 from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.losses.chunked_head import auto_chunk_size, project
 from distillkit.models import decoder_and_head
+from distillkit.teachers.teacher import Teacher
 
 
 @contextlib.contextmanager
@@ -28,31 +29,13 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-class InProcessTeacher:
-    model_name: str | None = None
-    trust_remote_code: bool = False
-    signals = ("hidden", "topk", "token")
-
+class InProcessTeacher(Teacher):
     def __init__(self) -> None:
         self.model: torch.nn.Module | None = None
         self.vocab_size: int | None = None
 
     def bind(self, model: torch.nn.Module, vocab_size: int) -> None:
         self.model, self.parts, self.vocab_size = model, decoder_and_head(model), vocab_size
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """The teacher's weights are in `self.model` for the duration (generation and scoring run inside)."""
-        yield
-
-    def after_optimizer_step(self, step: int) -> None:
-        """Called after every optimizer step (step counts from 1); a frozen teacher does nothing."""
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     @torch.no_grad()
     def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
 
 import torch
 
@@ -18,16 +17,15 @@ from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.models import ConfigError
 from distillkit.serve.client import TeacherClient, TeacherError, TeacherUnavailableError
 from distillkit.serve.protocol import tokenizer_hash
+from distillkit.teachers.teacher import Teacher
 
 API_KEY_ENV = "DISTILLKIT_API_KEY"
 VLLM_DEFAULT_MAX_LOGPROBS = 20
 
 
-class RemoteTeacher:
+class RemoteTeacher(Teacher):
     """Scores completion tokens on a teacher server. No weights are loaded in this process."""
 
-    model_name = None  # no weights here: the runner loads neither a teacher config nor a teacher tokenizer
-    trust_remote_code = False
     signals = ("topk", "token")
     can_generate = False  # seq_kd and the teacher's own accuracy need a teacher in process
     remote = True
@@ -120,19 +118,6 @@ class RemoteTeacher:
             raise ConfigError(f"teacher=remote: the student's vocabulary has {vocab_size} rows but the teacher at "
                               f"{self.url} has {info['vocab_size']}.")
         self.vocab_size = vocab_size
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        yield
-
-    def after_optimizer_step(self, step: int) -> None:
-        """A remote teacher never changes."""
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def check_request(self, request: TeacherRequest) -> int:
         """Refuse what this teacher cannot answer (call it at start-up with the loss's request); returns the k to
