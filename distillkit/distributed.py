@@ -16,7 +16,3 @@ def all_reduce_sum(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.item()
-
-
-def is_main_process() -> bool:
-    return not is_distributed() or dist.get_rank() == 0

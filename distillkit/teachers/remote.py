@@ -50,10 +50,6 @@ class RemoteTeacher(Teacher):
         self._connected = False
 
     @property
-    def needs_model_load(self) -> bool:
-        return False
-
-    @property
     def context_length(self) -> int | None:
         info = self.connect()
         if info is not None:
