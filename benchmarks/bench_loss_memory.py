@@ -260,6 +260,12 @@ def main() -> None:
             tail = f" {'-':>9} {'-':>11} {'-':>9}"
         print(f"{variant:<12} " + " ".join(f"{c:>13}" for c in cells) + tail)
 
+    print(f"{'seconds':<12} " + " ".join(f"{'s N=' + str(n):>13}" for n in sizes) + "   (forward + backward)")
+    for variant in variants:
+        cells = [f"{runs[variant][n]['seconds']:.1f}" if "seconds" in runs[variant].get(n, {}) else "-"
+                 for n in sizes]
+        print(f"{variant:<12} " + " ".join(f"{c:>13}" for c in cells))
+
     def peak(variant: str, n: int) -> tuple[float | None, bool]:
         r = runs.get(variant, {}).get(n)
         if r is not None and "error" not in r:
