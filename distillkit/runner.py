@@ -33,6 +33,8 @@ from distillkit.distributed import all_reduce_sum
 from distillkit.evaluation import exact_match, teacher_forced_kl
 from distillkit.generation import HFGenerator
 from distillkit.losses import StudentTokens
+from distillkit.losses.policy import PPOClipTerm
+from distillkit.methods import RolloutContext
 from distillkit.models import (
     ConfigError,
     apply_lora,
@@ -88,13 +90,16 @@ class StepSampler:
         return out
 
 
-def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, needs_completions: bool):
+def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, method):
+    needs_completions = method.needs_dataset_completions
     train_set = load_examples(cfg.data.train, cfg.data.split, cfg.data.num_train, cfg.data.seed)
-    require_columns(train_set, needs_completions, "training")
+    require_columns(train_set, needs_completions, "training", method.required_columns())
     eval_set = load_examples(cfg.data.eval, cfg.data.eval_split, cfg.data.num_eval, cfg.data.eval_seed)
     require_columns(eval_set, False, "evaluation")
     train_rows = tokenize(train_set, tokenizer, max_prompt_length, needs_completions, "training")
     eval_rows = tokenize(eval_set, tokenizer, max_prompt_length, True, "evaluation")
+    if hasattr(method, "prepare_rows"):  # teacher prompts, tokenized once and checked against the context
+        method.prepare_rows(train_rows, tokenizer, max_prompt_length, max_prompt_length, "training")
     return train_rows, eval_rows
 
 
@@ -154,7 +159,8 @@ def prepare(cfg: DictConfig) -> Prepared:
             f"train.max_completion_length={cfg.train.max_completion_length} leaves no room for a prompt in a "
             f"{min(contexts)}-token context. Lower it."
         )
-    train_rows, eval_rows = prepare_data(cfg, tokenizer, max_prompt_length, method.needs_dataset_completions)
+    method.prompts_per_step(cfg.train.batch_size * cfg.train.gradient_accumulation_steps)  # whole groups only
+    train_rows, eval_rows = prepare_data(cfg, tokenizer, max_prompt_length, method)
     return Prepared(method, teacher, tokenizer, vocab_size, train_rows, eval_rows)
 
 
@@ -216,41 +222,71 @@ def teacher_generator(cfg: DictConfig, teacher, tokenizer, greedy: bool = False)
 def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = None) -> dict[str, float]:
     """Forward and backward over an optimizer step's micro-batches.
 
-    Each micro-batch's summed loss is divided by the completion-token count of the whole step (all
-    micro-batches, all processes), so the gradient does not depend on how the step is split.
+    Each micro-batch's summed loss is divided by the loss-token count of the whole step (all micro-batches,
+    all processes), so the gradient does not depend on how the step is split.
     """
     clock = clock or StepClock()
-    step_tokens = all_reduce_sum(sum(m.student.num_completion_tokens for m in micros), parts.device)
+    method = parts.method
+    step_tokens = all_reduce_sum(sum(m.loss_tokens for m in micros), parts.device)
     norm = max(step_tokens, 1)
-    metrics = {"train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0,
-               "train/loss_on_policy": 0.0, "train/loss_off_policy": 0.0, "train/tokens": step_tokens}
+    completion_tokens = sum(m.student.num_completion_tokens for m in micros)
+    sums: dict[str, float] = {}
+    metrics = {"train/loss": 0.0, "train/loss_on_policy": 0.0, "train/loss_off_policy": 0.0,
+               "train/tokens": all_reduce_sum(completion_tokens, parts.device)}
     for micro in micros:
-        batch, teacher_batch = micro.student.to(parts.device), micro.teacher.to(parts.device)
-        with clock("teacher"):
-            teacher_tokens = parts.teacher.score(teacher_batch, parts.divergence.teacher_request())
+        if not micro.has_loss:  # e.g. SDPO w=1 and no rollout in it was reprompted: nothing to learn from
+            continue
+        batch = micro.student.to(parts.device)
+        teacher_tokens = None
+        if micro.teacher is not None:
+            with clock("teacher"):
+                teacher_tokens = parts.teacher.score(micro.teacher.to(parts.device), parts.divergence.teacher_request())
         with clock("update"):
             hidden = parts.student_parts.hidden_states(batch.input_ids, batch.attention_mask)
             weight = parts.student_parts.head.weight[: parts.vocab_size]
-            student_tokens = StudentTokens(completion_hidden(hidden, batch), weight, batch.completion_targets())
-            out = parts.divergence(student_tokens, teacher_tokens)
+            student_tokens = StudentTokens(
+                completion_hidden(hidden, batch), weight, batch.completion_targets(),
+                weights=to_device(micro.distill_weights, parts.device),
+                old_logprobs=to_device(micro.old_logprobs, parts.device), is_clip=method.distillation_is_clip,
+            )
+            term = None
+            if micro.advantages is not None:
+                term = PPOClipTerm(to_device(micro.advantages, parts.device),
+                                   to_device(micro.old_logprobs, parts.device), method.epsilon, method.epsilon_high)
+            out = parts.divergence(student_tokens, teacher_tokens, term, method.distillation_weight)
             (out.loss_sum / norm).backward()
+        micro.token_logprobs = out.token_logprobs.cpu()
         loss = out.loss_sum.item() / norm
         metrics["train/loss"] += loss
         metrics["train/loss_on_policy" if micro.on_policy else "train/loss_off_policy"] += loss
-        metrics["train/kl"] += out.stats["kl"] / norm
-        metrics["train/entropy"] += out.stats["entropy"] / norm
+        for key, value in out.stats.items():
+            sums[key] = sums.get(key, 0.0) + value
+    token_norm = max(metrics["train/tokens"], 1)
+    metrics["train/kl"] = sums.get("kl", 0.0) / norm
+    metrics["train/entropy"] = sums.get("entropy", 0.0) / token_norm
+    if "distillation" in sums:
+        metrics["train/distillation_loss"] = sums["distillation"] / norm
+    if "policy" in sums:
+        metrics["train/policy_loss"] = sums["policy"] / norm
+        metrics["train/policy_clipped_fraction"] = sums["policy_clipped"] / token_norm
+        metrics["train/policy_ratio_mean"] = sums["policy_ratio"] / token_norm
+    if "is_ratio" in sums:
+        metrics["train/is_ratio_mean"] = sums["is_ratio"] / token_norm
+        metrics["train/is_clipped_fraction"] = sums["is_clipped"] / token_norm
     return metrics
+
+
+def to_device(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
 
 
 def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) -> dict[str, float]:
     """One optimizer step: buffered rollouts for all micro-batches, accumulation, update, teacher update."""
     cfg = parts.cfg
-    num_micro = cfg.train.gradient_accumulation_steps
-    micro_rows = [rows[i::num_micro] for i in range(num_micro)]
-    plan = parts.method.on_policy_plan(step, num_micro, cfg.train.seed)
+    context = RolloutContext(parts.generator, parts.teacher_generator, parts.tokenizer,
+                             cfg.train.gradient_accumulation_steps, cfg.train.seed)
     with clock("generate"):
-        micros = parts.method.micro_batches(micro_rows, plan, parts.generator, parts.teacher_generator,
-                                            parts.tokenizer.pad_token_id)
+        micros = parts.method.micro_batches(step, rows, context)
     metrics = accumulate_gradients(parts, micros, clock)
     with clock("update"):
         grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, cfg.train.max_grad_norm)
@@ -263,9 +299,10 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
     lengths = torch.cat([m.student.completion_mask.sum(1).float() for m in micros])
     metrics.update({
         "train/grad_norm": float(grad_norm), "train/lr": parts.scheduler.get_last_lr()[0],
-        "train/on_policy_fraction": sum(plan) / num_micro,
+        "train/on_policy_fraction": sum(m.on_policy for m in micros) / len(micros),
         "completions/mean_length": float(lengths.mean()), "completions/max_length": float(lengths.max()),
-        **clock.metrics(),
+        "completions/min_length": float(lengths.min()),
+        **parts.method.metrics(), **clock.metrics(),
     })
     return metrics
 
@@ -291,6 +328,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         parts.optimizer.load_state_dict(state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
         parts.teacher.load_state_dict(state["teacher"])
+        parts.method.load_state_dict(state.get("method", {}))
         start_step = state["step"]
     tracker = Tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
     tracker.start(cfg, overrides or [], output_dir, run_tags(cfg))
@@ -310,24 +348,28 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
 
     # ---- train
     train_rows = prepared.train_rows
-    sampler = StepSampler(len(train_rows), cfg.train.batch_size * cfg.train.gradient_accumulation_steps,
-                          cfg.data.seed)
+    # Rows per step: prompts, each sampled num_generations times; a rollout batch serves num_iterations steps.
+    prompts_per_step = parts.method.prompts_per_step(cfg.train.batch_size * cfg.train.gradient_accumulation_steps)
+    sampler = StepSampler(len(train_rows), prompts_per_step, cfg.data.seed)
+    iterations = parts.method.num_iterations
     clock = StepClock()
     progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
                     desc=f"{choice(cfg, 'method')} {loss_mode(cfg)}", dynamic_ncols=True)
-    def checkpoint(step: int, rng: dict | None = None) -> None:
+    def checkpoint(step: int, rng: dict | None = None, method_state: dict | None = None) -> None:
         save_checkpoint(checkpoints, step, {
             "model": trainable_state(parts.student), "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(), "teacher": parts.teacher.state_dict(), "summary": summary,
+            "method": parts.method.state_dict() if method_state is None else method_state,
         }, keep_last=cfg.train.keep_checkpoints, rng=rng)
 
     for step in progress:
-        step_rng = rng_state()
+        step_rng, step_method = rng_state(), dict(parts.method.state_dict())
         try:
-            metrics = optimizer_step(parts, [train_rows[i] for i in sampler.indices(step)], step, clock)
+            rows = [train_rows[i] for i in sampler.indices(step // iterations)]
+            metrics = optimizer_step(parts, rows, step, clock)
         except TeacherError:
             parts.optimizer.zero_grad(set_to_none=True)
-            checkpoint(step, rng=step_rng)  # the state before this step: a resume redoes it exactly
+            checkpoint(step, rng=step_rng, method_state=step_method)  # the state before this step: redone exactly
             tracker.end(status="FAILED")
             raise
         done = step + 1

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from distillkit.methods import RolloutContext
 from distillkit.runner import accumulate_gradients, build, prepare
 
 
 def gradients(parts, rows, num_micro: int) -> dict[str, torch.Tensor]:
     parts.optimizer.zero_grad(set_to_none=True)
-    micro_rows = [rows[i::num_micro] for i in range(num_micro)]
-    micros = parts.method.micro_batches(micro_rows, [False] * num_micro, parts.generator,
-                                        parts.teacher_generator, parts.tokenizer.pad_token_id)
+    context = RolloutContext(parts.generator, parts.teacher_generator, parts.tokenizer, num_micro, seed=0)
+    micros = parts.method.micro_batches(0, rows, context)
+    assert not any(m.on_policy for m in micros)
     accumulate_gradients(parts, micros)
     return {n: p.grad.clone() for n, p in parts.student.named_parameters() if p.grad is not None}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from distillkit.batch import collate, completion_hidden
+from distillkit.methods import RolloutContext
 from distillkit.runner import build, prepare
 
 
@@ -27,7 +28,7 @@ def test_one_generation_call_per_step_and_prompts_keep_their_completions(compose
     rows = prepared.train_rows[:16]
     micro_rows = [rows[i::4] for i in range(4)]
     plan = [True, False, True, False]
-    micros = parts.method.micro_batches(micro_rows, plan, student, teacher, parts.tokenizer.pad_token_id)
+    micros = parts.method.planned_micro_batches(micro_rows, plan, RolloutContext(student, teacher, parts.tokenizer, 4, 0))
 
     assert len(student.calls) == 1 and len(student.calls[0]) == 8  # both on-policy micro-batches at once
     assert len(teacher.calls) == 1 and len(teacher.calls[0]) == 8  # both seq_kd micro-batches at once

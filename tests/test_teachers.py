@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from distillkit.batch import collate
 from distillkit.losses.base import TeacherRequest
 from distillkit.models import is_peft
 from distillkit.runner import StepClock, build, optimizer_step, prepare, run
@@ -55,7 +56,7 @@ def test_ema_rate_one_is_the_student(compose_cfg, lora):
     prepared = prepare(cfg)
     parts = build(cfg, prepared)
     train_steps(parts, prepared, 2)
-    batch = parts.method.micro_batches([prepared.train_rows[:4]], [False], None, None, 0)[0].student
+    batch = fixed_batch(prepared.train_rows[:4])
     request = TeacherRequest("topk", 1.0, k=5)
     theirs = parts.teacher.score(batch, request)
     student_view = _student_scores(parts, batch, request)
@@ -100,7 +101,7 @@ def test_base_teacher_is_the_initial_student(compose_cfg, tiny_pair, lora):
     train_steps(parts, prepared, 2)
     initial = LiveTeacher(model=str(tiny_pair[0]))
     initial.setup(parts.device, parts.vocab_size, None)
-    batch = parts.method.micro_batches([prepared.train_rows[:4]], [False], None, None, 0)[0].student
+    batch = fixed_batch(prepared.train_rows[:4])
     request = TeacherRequest("topk", 1.0, k=5)
     torch.testing.assert_close(parts.teacher.score(batch, request).topk_logprobs,
                                initial.score(batch, request).topk_logprobs, rtol=1e-5, atol=1e-6)
@@ -115,7 +116,7 @@ def test_self_teacher_scores_like_the_student_without_grad(compose_cfg):
     prepared = prepare(cfg)
     parts = build(cfg, prepared)
     assert parts.teacher.model is parts.student
-    batch = parts.method.micro_batches([prepared.train_rows[:4]], [False], None, None, 0)[0].student
+    batch = fixed_batch(prepared.train_rows[:4])
     scores = parts.teacher.score(batch, TeacherRequest("hidden", 1.0))
     assert not scores.hidden.requires_grad and not scores.head_weight.requires_grad
     metrics = optimizer_step(parts, prepared.train_rows[:4], 0, StepClock())
@@ -138,3 +139,8 @@ def test_teacher_state_survives_a_resume(compose_cfg, tmp_path, teacher):
     b = load_file(resumed / "final_model" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def fixed_batch(rows: list[dict]):
+    """The data set's own completions, as an off-policy micro-batch would hold them."""
+    return collate([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows], pad_id=0)

@@ -7,9 +7,14 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 
 from distillkit.data.addition import addition_dataset
+from distillkit.data.hinted_tasks import addition_hinted_dataset, subtraction_dataset
 from distillkit.models import ConfigError
 
-BUILTIN_TASKS = {"addition": addition_dataset}
+BUILTIN_TASKS = {
+    "addition": addition_dataset,
+    "addition_hinted": addition_hinted_dataset,
+    "subtraction": subtraction_dataset,
+}
 FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -31,8 +36,15 @@ def load_examples(source: str, split: str = "train", num_examples: int | None = 
     return dataset
 
 
-def require_columns(dataset: Dataset, needs_completion: bool, where: str) -> None:
+def require_columns(dataset: Dataset, needs_completion: bool, where: str, more: dict[str, str] | None = None) -> None:
+    """`more` maps further required columns to why the run needs them."""
     columns = set(dataset.column_names)
+    for column, why in (more or {}).items():
+        if column not in columns:
+            raise ConfigError(
+                f"The {where} data set has no `{column}` column (it has {sorted(columns)}), and this run needs one: "
+                f"{why}. Add the column, or rename the one that holds it."
+            )
     if "prompt" not in columns:
         raise ConfigError(
             f"The {where} data set has no `prompt` column (it has {sorted(columns)}). Rename the input column to "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -28,7 +28,9 @@ class StudentTokens:
     hidden: torch.Tensor  # [N, H]
     head_weight: torch.Tensor  # [V, H], already cut to the vocabulary shared with the teacher
     targets: torch.Tensor  # [N] the completion tokens
-    weights: torch.Tensor | None = None  # [N] per-token weights (masks, importance ratios); None means 1
+    weights: torch.Tensor | None = None  # [N] per-token weights of the distillation term (masks); None means 1
+    old_logprobs: torch.Tensor | None = None  # [N] log-probs at rollout time (reused rollouts): the IS ratio's base
+    is_clip: float | None = None  # upper clip of the importance ratio on the distillation term; None = no IS
 
 
 @dataclass
@@ -45,7 +47,23 @@ class TeacherTokens:
 @dataclass
 class LossOutput:
     loss_sum: torch.Tensor  # summed over tokens; the caller divides by the optimizer step's token count
-    stats: dict[str, float] = field(default_factory=dict)  # sums over tokens: "kl", "entropy"
+    stats: dict[str, float] = field(default_factory=dict)  # sums over tokens: "kl", "entropy", "distillation", ...
+    token_logprobs: torch.Tensor | None = None  # [N] detached student log-probs of the targets (old log-probs later)
+
+
+class TokenTerm(Protocol):
+    """A per-token loss on the student's log-prob of the actual token, added to the divergence (SDPO's policy term).
+
+    It returns the per-token loss for `rows` and adds its statistics (sums over tokens) to `stats`.
+    """
+
+    def __call__(self, token_logprobs: torch.Tensor, rows: slice, stats: dict[str, float]) -> torch.Tensor: ...
+
+
+def clipped_importance_ratio(token_logprobs: torch.Tensor, old_logprobs: torch.Tensor, clip: float) -> torch.Tensor:
+    """min(pi_theta / pi_old, clip), detached: reweights a reused rollout's distillation loss (TRL's convention)."""
+    log_ratio = (token_logprobs.detach() - old_logprobs).clamp(-20.0, 20.0)
+    return log_ratio.exp().clamp(max=clip)
 
 
 class Divergence:
@@ -67,20 +85,53 @@ class Divergence:
         """Per-token loss and per-token reverse KL (for metrics) for one chunk of rows."""
         raise NotImplementedError
 
-    def __call__(self, student: StudentTokens, teacher: TeacherTokens) -> LossOutput:
-        sums = torch.zeros(2, dtype=torch.float64)
+    def __call__(
+        self,
+        student: StudentTokens,
+        teacher: TeacherTokens | None,
+        token_term: TokenTerm | None = None,
+        distillation_weight: float = 1.0,
+    ) -> LossOutput:
+        """Sum over tokens of w * distillation + (1 - w) * token_term, in one pass over the LM head.
+
+        `teacher=None` (SDPO with w=0) drops the distillation term; the teacher was never asked.
+        """
+        stats = {"kl": 0.0, "entropy": 0.0}
+        token_logprobs = torch.empty(student.targets.shape[0], dtype=torch.float32, device=student.hidden.device)
+        weight_of = {"distillation": distillation_weight if teacher is not None else 0.0,
+                     "policy": 1.0 - distillation_weight if token_term is not None else 0.0}
 
         def chunk_loss(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
             rows = slice(start, end)
+            targets = student.targets[rows]
             student_logp = torch.log_softmax(logits / self.temperature, dim=-1)
-            per_token, kl = self.chunk(student_logp, teacher, student.targets[rows], rows)
+            token_logp = student_logp.gather(-1, targets[:, None].long()).squeeze(-1)
+            token_logprobs[rows] = token_logp.detach()
+            loss = logits.new_zeros(())
+            if teacher is not None:
+                per_token, kl = self.chunk(student_logp, teacher, targets, rows)
+                if student.old_logprobs is not None and student.is_clip is not None:
+                    ratio = clipped_importance_ratio(token_logp, student.old_logprobs[rows], student.is_clip)
+                    per_token = per_token * ratio
+                    add(stats, "is_ratio", ratio.sum())
+                    add(stats, "is_clipped", (ratio >= student.is_clip).sum())
+                if student.weights is not None:
+                    per_token = per_token * student.weights[rows]
+                distillation = per_token.sum()
+                add(stats, "kl", kl.sum())
+                add(stats, "distillation", distillation)
+                loss = loss + weight_of["distillation"] * distillation
+            if token_term is not None:
+                policy = token_term(token_logp, rows, stats).sum()
+                add(stats, "policy", policy)
+                loss = loss + weight_of["policy"] * policy
             with torch.no_grad():
-                entropy = -(student_logp.exp() * student_logp).sum(-1)
-                sums[0] += kl.sum().double().cpu()
-                sums[1] += entropy.sum().double().cpu()
-            if student.weights is not None:
-                per_token = per_token * student.weights[rows]
-            return per_token.sum()
+                add(stats, "entropy", -(student_logp.exp() * student_logp).sum())
+            return loss
 
         loss = chunked_head_loss(student.hidden, student.head_weight, chunk_loss, self.chunk_size)
-        return LossOutput(loss, {"kl": sums[0].item(), "entropy": sums[1].item()})
+        return LossOutput(loss, stats, token_logprobs)
+
+
+def add(stats: dict[str, float], key: str, value: torch.Tensor) -> None:
+    stats[key] = stats.get(key, 0.0) + float(value.detach())

@@ -7,20 +7,16 @@ supervised KD on fixed completions: the data set's, or the teacher's own samples
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from distillkit.batch import SequenceBatch, collate
-
-
-@dataclass
-class MicroBatch:
-    student: SequenceBatch  # prompt + completion, as the student sees it
-    teacher: SequenceBatch  # the same completion tokens, as the teacher sees them
-    on_policy: bool
-    rows: list[dict]  # the data set rows, one per sequence
+from distillkit.batch import collate
+from distillkit.methods.micro_batch import MicroBatch, RolloutContext
 
 
 class GKD:
+    distillation_weight = 1.0  # no policy term
+    distillation_is_clip = None  # rollouts are never reused
+    num_iterations = 1
+
     def __init__(self, lmbda: float = 1.0, beta: float = 0.5, temperature: float = 1.0, seq_kd: bool = False):
         self.lmbda = float(lmbda)
         self.beta = float(beta)
@@ -31,24 +27,34 @@ class GKD:
     def needs_dataset_completions(self) -> bool:
         return self.lmbda < 1.0 and not self.seq_kd
 
+    def required_columns(self) -> dict[str, str]:
+        return {}
+
+    def prompts_per_step(self, sequences_per_step: int) -> int:
+        return sequences_per_step
+
     def on_policy_plan(self, step: int, num_micro_batches: int, seed: int) -> list[bool]:
         """One draw per micro-batch, from (seed, step) alone: every process and every resume draws the same."""
         rng = random.Random(seed * 1_000_003 + step)
         return [rng.random() < self.lmbda for _ in range(num_micro_batches)]
 
-    def micro_batches(
-        self, micro_rows: list[list[dict]], plan: list[bool], student_generator, teacher_generator, pad_id: int
-    ) -> list[MicroBatch]:
+    def micro_batches(self, step: int, rows: list[dict], ctx: RolloutContext) -> list[MicroBatch]:
         """Completions for the whole optimizer step come from one generation call per source, then get split.
 
         Generating once per step (not per micro-batch) keeps the generator's batches large; the split keeps every
         prompt with its own completions.
         """
+        num_micro = ctx.num_micro_batches
+        micro_rows = [rows[i::num_micro] for i in range(num_micro)]
+        return self.planned_micro_batches(micro_rows, self.on_policy_plan(step, num_micro, ctx.seed), ctx)
+
+    def planned_micro_batches(self, micro_rows: list[list[dict]], plan: list[bool], ctx: RolloutContext
+                              ) -> list[MicroBatch]:
         slots = [(m, i) for m, rows in enumerate(micro_rows) for i in range(len(rows))]
         on_policy = [(m, i) for m, i in slots if plan[m]]
         teacher_made = [(m, i) for m, i in slots if not plan[m] and self.seq_kd]
         completions: dict[tuple[int, int], list[int]] = {}
-        for keys, generator in ((on_policy, student_generator), (teacher_made, teacher_generator)):
+        for keys, generator in ((on_policy, ctx.generator), (teacher_made, ctx.teacher_generator)):
             if keys:
                 outputs = generator.generate([micro_rows[m][i]["prompt_ids"] for m, i in keys], n=1)
                 completions.update(zip(keys, outputs, strict=True))
@@ -56,6 +62,15 @@ class GKD:
         for m, (rows, on) in enumerate(zip(micro_rows, plan, strict=True)):
             prompts = [r["prompt_ids"] for r in rows]
             chosen = [completions[m, i] if (m, i) in completions else r["completion_ids"] for i, r in enumerate(rows)]
-            batch = collate(prompts, chosen, pad_id)
+            batch = collate(prompts, chosen, ctx.pad_id)
             batches.append(MicroBatch(batch, batch, on, rows))
         return batches
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,54 @@
+"""Built-in synthetic tasks with privileged context, for the self-distillation methods (SDFT, SDPO).
+
+Each row has `prompt`, `completion` (the answer) and `privileged_context` (a demonstration: the answer
+string). A self-teacher sees the privileged context in its prompt, in the one format the shipped tiny
+self-distillation model (`distillkit/assets/tiny/self`) was pretrained on:
+
+    {privileged_context}|{prompt}          e.g.  `78|123-045=` -> `78<eos>`
+
+- `subtraction` is the new skill: `123-045=` -> `78` (zero-padded 3-digit operands, a >= b, answer without
+  leading zeros). The tiny self model never saw a plain subtraction prompt, only hinted ones.
+- `addition_hinted` is the old skill: the same problems as `addition` (same seed, same rows) plus the
+  `privileged_context` column.
+
+Everything is generated from a seed; no data set is downloaded.
+"""
+
+from __future__ import annotations
+
+import random
+
+from datasets import Dataset
+
+from distillkit.data.addition import ALPHABET, addition_dataset
+
+HINT_SEPARATOR = "|"
+HINTED_ALPHABET = ALPHABET + "-" + HINT_SEPARATOR  # digits, `+`, `-`, `=`, `|`
+# The teacher prompt of the tiny self model: `str.format` with a row's `privileged_context` and `prompt`.
+TEACHER_PROMPT_TEMPLATE = "{privileged_context}" + HINT_SEPARATOR + "{prompt}"
+
+
+def hinted_prompt(privileged_context: str, prompt: str) -> str:
+    """The prompt a self-teacher sees: `ANS|PROMPT`."""
+    return TEACHER_PROMPT_TEMPLATE.format(privileged_context=privileged_context, prompt=prompt)
+
+
+def subtraction_example(a: int, b: int, digits: int) -> dict[str, str]:
+    """`a-b=` with the larger operand first, so the answer is never negative."""
+    a, b = max(a, b), min(a, b)
+    answer = str(a - b)
+    return {"prompt": f"{a:0{digits}d}-{b:0{digits}d}=", "completion": answer, "privileged_context": answer}
+
+
+def subtraction_dataset(num_examples: int, seed: int, digits: int = 3) -> Dataset:
+    """`num_examples` subtraction problems drawn with `seed`."""
+    rng = random.Random(seed)
+    hi = 10**digits - 1
+    rows = [subtraction_example(rng.randint(0, hi), rng.randint(0, hi), digits) for _ in range(num_examples)]
+    return Dataset.from_list(rows)
+
+
+def addition_hinted_dataset(num_examples: int, seed: int, digits: int = 3) -> Dataset:
+    """`addition_dataset(num_examples, seed)` plus a `privileged_context` column holding the answer."""
+    dataset = addition_dataset(num_examples, seed, digits)
+    return dataset.add_column("privileged_context", list(dataset["completion"]))

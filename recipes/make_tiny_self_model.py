@@ -1,0 +1,464 @@
+"""Build the tiny self-distillation checkpoint shipped for the SDFT/SDPO demos.
+
+    python recipes/make_tiny_self_model.py
+
+Writes `distillkit/assets/tiny/self/` (Qwen2 config + fp32 safetensors + char tokenizer + generation config)
+and a section of `distillkit/assets/tiny/README.md`. Nothing is downloaded: the model is built from a config
+and trained from scratch on CPU on a mixture of three synthetic streams (`distillkit.data.hinted_tasks`):
+
+- plain addition          `123+045=` -> `168<eos>`
+- hinted addition     `168|123+045=` -> `168<eos>`
+- hinted subtraction   `78|123-045=` -> `78<eos>`
+
+and never on plain subtraction. The hint format `{privileged_context}|{prompt}` is the teacher prompt the
+self-distillation methods must use. The model is saved at the first evaluation where it
+
+- already uses an in-context hint: hinted exact match >= 95% on both tasks,
+- has a partial old skill: plain addition exact match in ADDITION_BAND (room for SDPO to improve it, yet
+  enough successes among 8 samples at temperature 1 to find demonstrations), and
+- lacks the new skill: plain subtraction exact match <= 10%.
+
+Every source of randomness is pinned (`SEED`, fixed problem streams, 1 CPU thread, deterministic torch
+algorithms), so a rerun on the same software stack gives the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from distillkit.data.addition import addition_dataset, addition_example  # noqa: E402
+from distillkit.data.char_tokenizer import build_char_tokenizer  # noqa: E402
+from distillkit.data.hinted_tasks import (  # noqa: E402
+    HINTED_ALPHABET,
+    TEACHER_PROMPT_TEMPLATE,
+    hinted_prompt,
+    subtraction_dataset,
+    subtraction_example,
+)
+
+SEED = 0
+DIGITS = 3
+EVAL_SEED = 1234  # held-out sets; no training stream may use it
+EVAL_SIZE = 1000
+# One problem stream per part of the mixture, each with its own seed (none is EVAL_SEED).
+STREAM_SEEDS = {"addition": 11, "addition_hinted": 12, "subtraction_hinted": 13}
+# Problems per part in every batch (fixed counts, so the batch composition does not depend on an RNG).
+MIXTURE = {"addition": 64, "addition_hinted": 32, "subtraction_hinted": 32}
+LR = 3e-3
+BETAS = (0.9, 0.98)
+WEIGHT_DECAY = 0.01
+WARMUP_STEPS = 100
+MIN_LR_RATIO = 0.1
+MAX_STEPS = 3000
+EVAL_EVERY = 10
+ADDITION_BAND = (0.30, 0.55)
+HINTED_MIN = 0.95
+SUBTRACTION_MAX = 0.10
+MAX_NEW_TOKENS = 5  # longest answer "1998" + eos
+NUM_SAMPLES = 8  # the sampled pass rate: problems with >= 1 right answer among 8 samples at temperature 1
+# One thread: the result does not depend on the machine's core count, and these tiny matmuls gain little from
+# more threads.
+NUM_THREADS = 1
+
+SHAPE = dict(  # the shape of the tiny teacher
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=512,
+)
+HEAD_DIM = 32  # vLLM's CPU attention backend needs a supported head size
+MAX_FOLDER_BYTES = 10 * 1024 * 1024
+
+OUT_DIR = REPO_ROOT / "distillkit" / "assets" / "tiny"
+README_HEADING = "## The self-distillation model (`self/`)"
+
+
+def pin_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(tokenizer, seed: int) -> Qwen2ForCausalLM:
+    assert SHAPE["hidden_size"] // SHAPE["num_attention_heads"] == HEAD_DIM
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        max_window_layers=SHAPE["num_hidden_layers"],
+        dtype="float32",
+        **SHAPE,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).float()
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+    return model
+
+
+def with_hint(example: dict[str, str]) -> dict[str, str]:
+    """The teacher's view of a problem: `ANS|PROMPT` -> `ANS`."""
+    return {"prompt": hinted_prompt(example["completion"], example["prompt"]), "completion": example["completion"]}
+
+
+def encode(tokenizer, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+    """Right-padded `prompt + completion + eos` with labels on the completion and eos only (prompt masked)."""
+    vocab = tokenizer.get_vocab()
+    rows = [
+        ([vocab[c] for c in ex["prompt"]], [vocab[c] for c in ex["completion"]] + [tokenizer.eos_token_id])
+        for ex in examples
+    ]
+    length = max(len(p) + len(a) for p, a in rows)
+    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    labels = torch.full((len(rows), length), -100, dtype=torch.long)
+    for i, (p, a) in enumerate(rows):  # right padding: causal attention never lets real tokens see it
+        n = len(p) + len(a)
+        input_ids[i, :n] = torch.tensor(p + a)
+        attention_mask[i, :n] = 1
+        labels[i, len(p) : n] = torch.tensor(a)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class MixtureStream:
+    """Fresh problems every step: MIXTURE[part] problems of each part, each part from its own seeded RNG."""
+
+    def __init__(self, tokenizer, mixture: dict[str, int]):
+        assert EVAL_SEED not in STREAM_SEEDS.values()
+        self.tokenizer = tokenizer
+        self.mixture = mixture
+        self.rngs = {part: random.Random(STREAM_SEEDS[part]) for part in mixture}
+        self.hi = 10**DIGITS - 1
+
+    def example(self, part: str) -> dict[str, str]:
+        rng = self.rngs[part]
+        a, b = rng.randint(0, self.hi), rng.randint(0, self.hi)
+        if part == "addition":
+            return addition_example(a, b, DIGITS)
+        if part == "addition_hinted":
+            return with_hint(addition_example(a, b, DIGITS))
+        if part == "subtraction_hinted":
+            return with_hint(subtraction_example(a, b, DIGITS))
+        raise ValueError(part)
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        examples = [self.example(part) for part, n in self.mixture.items() for _ in range(n)]
+        return encode(self.tokenizer, examples)
+
+    def get_state(self):
+        return {part: rng.getstate() for part, rng in self.rngs.items()}
+
+    def set_state(self, state) -> None:
+        for part, rng in self.rngs.items():
+            rng.setstate(state[part])
+
+
+def eval_sets() -> dict[str, list[dict[str, str]]]:
+    """The four held-out sets (seed EVAL_SEED): plain and hinted addition, plain and hinted subtraction."""
+    addition = [dict(r) for r in addition_dataset(EVAL_SIZE, seed=EVAL_SEED, digits=DIGITS)]
+    subtraction = [
+        {"prompt": r["prompt"], "completion": r["completion"]}
+        for r in subtraction_dataset(EVAL_SIZE, seed=EVAL_SEED, digits=DIGITS)
+    ]
+    return {
+        "addition": addition,
+        "addition_hinted": [with_hint(r) for r in addition],
+        "subtraction": subtraction,
+        "subtraction_hinted": [with_hint(r) for r in subtraction],
+    }
+
+
+@torch.no_grad()
+def forced_exact_match(model, encoded: dict[str, torch.Tensor]) -> float:
+    """Share of problems whose every answer token and eos is the argmax given the true prefix.
+
+    One forward pass; the same number as greedy exact match (greedy decoding stays on the true answer exactly
+    while each argmax is right), so it is cheap enough to run every few steps.
+    """
+    was_training = model.training
+    model.eval()
+    logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+    model.train(was_training)
+    labels = encoded["labels"][:, 1:]
+    ok = (logits[:, :-1].argmax(-1) == labels) | (labels == -100)
+    return ok.all(-1).float().mean().item()
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], num_samples: int = 0, batch_size: int = 500):
+    """Greedy answers (num_samples=0), or `num_samples` answers per prompt sampled at temperature 1.
+
+    An answer is the decoded tokens before eos, or None when no eos was produced.
+    """
+    was_training = model.training
+    model.eval()
+    eos = tokenizer.eos_token_id
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(
+            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        sampling = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=num_samples)
+        out = model.generate(
+            **enc,
+            **(sampling if num_samples else dict(do_sample=False)),
+            max_new_tokens=MAX_NEW_TOKENS,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            answers.append(tokenizer.decode(row[: row.index(eos)]) if eos in row else None)
+    model.train(was_training)
+    return answers
+
+
+def greedy_exact_match(model, tokenizer, examples: list[dict[str, str]]) -> float:
+    answers = generate_answers(model, tokenizer, [ex["prompt"] for ex in examples])
+    return sum(a == ex["completion"] for a, ex in zip(answers, examples, strict=True)) / len(examples)
+
+
+def sampled_pass_rate(model, tokenizer, examples: list[dict[str, str]], seed: int) -> tuple[float, float]:
+    """(share of problems with >= 1 right answer among NUM_SAMPLES samples, mean per-sample success)."""
+    torch.manual_seed(seed)
+    answers = generate_answers(model, tokenizer, [ex["prompt"] for ex in examples], num_samples=NUM_SAMPLES)
+    right = [
+        [answers[i * NUM_SAMPLES + j] == ex["completion"] for j in range(NUM_SAMPLES)]
+        for i, ex in enumerate(examples)
+    ]
+    return sum(any(r) for r in right) / len(right), sum(map(sum, right)) / (len(right) * NUM_SAMPLES)
+
+
+def make_optimizer(model, lr: float, total_steps: int):
+    """AdamW, linear warmup then cosine decay to MIN_LR_RATIO of `lr` at `total_steps`."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / WARMUP_STEPS)
+        progress = min(step, total_steps) / total_steps
+        return warm * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_step(model, optimizer, scheduler, batch) -> float:
+    loss = model(**batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
+def train(tokenizer, held_out: dict[str, dict[str, torch.Tensor]], lr: float, mixture: dict[str, int]):
+    """CE on the mixture until the first evaluation that meets every criterion (see the module docstring).
+
+    Evaluations run every EVAL_EVERY steps. If plain addition jumps from below the band straight over it,
+    training rewinds (model, optimizer, schedule and problem streams) to the previous evaluation and evaluates
+    after every step from there.
+    """
+    lo, hi = ADDITION_BAND
+    model = build_model(tokenizer, seed=SEED)
+    model.train()
+    optimizer, scheduler = make_optimizer(model, lr, MAX_STEPS)
+    stream = MixtureStream(tokenizer, mixture)
+    t0 = time.perf_counter()
+    every = EVAL_EVERY
+    snapshot = None
+    step = 0
+    while step < MAX_STEPS:
+        if step % every == 0:
+            snapshot = copy.deepcopy(
+                (step, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), stream.get_state())
+            )
+        step += 1
+        loss = train_step(model, optimizer, scheduler, stream.batch())
+        if step % every:
+            continue
+        acc = {name: forced_exact_match(model, enc) for name, enc in held_out.items()}
+        print(
+            f"step {step:5d}  loss {loss:.4f}  exact match: addition {acc['addition']:6.1%}  "
+            f"subtraction {acc['subtraction']:6.1%}  hinted addition {acc['addition_hinted']:6.1%}  "
+            f"hinted subtraction {acc['subtraction_hinted']:6.1%}  ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
+        hinted_ok = min(acc["addition_hinted"], acc["subtraction_hinted"]) >= HINTED_MIN
+        if lo <= acc["addition"] <= hi and hinted_ok and acc["subtraction"] <= SUBTRACTION_MAX:
+            return model, {"steps": step, "seconds": time.perf_counter() - t0, "forced": acc}
+        if acc["subtraction"] > SUBTRACTION_MAX:
+            raise SystemExit(f"plain subtraction reached {acc['subtraction']:.1%} without being trained on")
+        if acc["addition"] > hi:
+            if every == 1 or not hinted_ok:
+                raise SystemExit(
+                    f"addition went over the band ({acc['addition']:.1%}) "
+                    + ("even when evaluated every step" if every == 1 else "before the hint was learned")
+                )
+            print(f"addition jumped over the band; rewinding to step {snapshot[0]}", flush=True)
+            step, model_state, optim_state, sched_state, stream_state = snapshot
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(optim_state)
+            scheduler.load_state_dict(sched_state)
+            stream.set_state(stream_state)
+            every = 1
+    raise SystemExit(f"no evaluation met the criteria in {MAX_STEPS} steps")
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def save(model, tokenizer, folder: Path) -> int:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    for f in folder.iterdir():  # safetensors writes 0600; make the shipped files readable by all
+        f.chmod(0o644)
+    size = folder_bytes(folder)
+    if size >= MAX_FOLDER_BYTES:
+        raise SystemExit(f"{folder} is {size} bytes, over the {MAX_FOLDER_BYTES} byte limit")
+    return size
+
+
+def readme_section(model, info: dict, size: int, lr: float, mixture: dict[str, int]) -> str:
+    c, g = model.config, info["greedy"]
+    batch = sum(mixture.values())
+    parts = ", ".join(f"{n} {part.replace('_', ' ')}" for part, n in mixture.items())
+    return f"""{README_HEADING}
+
+A third tiny Qwen2 causal LM for the self-distillation methods (SDFT, SDPO), which use the model itself as
+the teacher, conditioned on privileged context (a demonstration: the answer) placed in its prompt. It is
+trained so that it (a) already uses such a hint, (b) has a partial old skill, addition, and (c) lacks a
+new skill, subtraction (`distillkit.data.hinted_tasks`, e.g. `123-045=` -> `78<eos>`), unless hinted.
+
+The hint format, the one teacher prompt it was trained on, is `{{privileged_context}}|{{prompt}}`: the answer,
+`|`, then the plain prompt, e.g. `168|123+045=` -> `168<eos>` and `78|123-045=` -> `78<eos>`
+(`distillkit.data.hinted_tasks.TEACHER_PROMPT_TEMPLATE = "{TEACHER_PROMPT_TEMPLATE}"`). The built-in tasks
+`subtraction` and `addition_hinted` carry the answer in a `privileged_context` column.
+
+Shape as the teacher's (hidden {c.hidden_size}, {c.num_hidden_layers} layers, {c.num_attention_heads} heads,
+{c.num_key_value_heads} kv heads, head_dim {HEAD_DIM}, intermediate {c.intermediate_size}, tied embeddings):
+{model.num_parameters():,} parameters, {size / 1e6:.2f} MB. Its tokenizer is
+`build_char_tokenizer(HINTED_ALPHABET)`: 17 tokens, `<pad>`=0, `<eos>`=1, `<unk>`=2, then `+-0123456789=|`
+(so its ids differ from the teacher's and student's from `=` on).
+
+| held-out set (1,000 problems, seed {EVAL_SEED}) | greedy exact match |
+|---|---|
+| plain addition `a+b=` (old skill) | {g["addition"]:.1%} |
+| plain subtraction `a-b=` (new skill, never trained on) | {g["subtraction"]:.1%} |
+| hinted addition `ANS\\|a+b=` | {g["addition_hinted"]:.1%} |
+| hinted subtraction `ANS\\|a-b=` | {g["subtraction_hinted"]:.1%} |
+
+Plain addition sampled at temperature 1, {NUM_SAMPLES} samples per problem: {info["pass_at"]:.1%} of the
+problems have at least one right sample; {info["per_sample"]:.1%} of the samples are right.
+
+Training: cross-entropy on the answer tokens and `<eos>` only, {batch} fresh problems per step ({parts};
+stream seeds {STREAM_SEEDS["addition"]}, {STREAM_SEEDS["addition_hinted"]}, {STREAM_SEEDS["subtraction_hinted"]};
+never a plain subtraction prompt), AdamW (lr {lr:g}, betas {BETAS}, weight decay {WEIGHT_DECAY}) with
+{WARMUP_STEPS} warmup steps and cosine decay to {MIN_LR_RATIO:g}x over {MAX_STEPS} steps, {NUM_THREADS} CPU
+thread, deterministic torch algorithms, seed {SEED}. Evaluated every {EVAL_EVERY} steps (every step after a
+rewind if plain addition would jump over the band) and saved after {info["steps"]} steps, at the first
+evaluation where plain addition was in [{ADDITION_BAND[0]:.0%}, {ADDITION_BAND[1]:.0%}], both hinted sets
+>= {HINTED_MIN:.0%} and plain subtraction <= {SUBTRACTION_MAX:.0%}. Wall time of the run that wrote these
+files (CPU, load-dependent): {info["seconds"]:.0f} s training, {info["total_seconds"]:.0f} s in all.
+
+Regenerate (CPU, deterministic; overwrites `self/` and this section, which
+`recipes/make_tiny_models.py` does not write, so rerun this after it):
+
+    python recipes/make_tiny_self_model.py
+"""
+
+
+def write_readme_section(text: str) -> None:
+    """Replace this model's section of the README (from its heading to the end), or append it."""
+    path = OUT_DIR / "README.md"
+    old = path.read_text() if path.exists() else "# Tiny shipped checkpoints\n"
+    if README_HEADING in old:
+        old = old[: old.index(README_HEADING)]
+    path.write_text(old.rstrip("\n") + "\n\n" + text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="where to write self/")
+    parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument(
+        "--mixture",
+        type=int,
+        nargs=3,
+        default=list(MIXTURE.values()),
+        metavar=("ADDITION", "ADDITION_HINTED", "SUBTRACTION_HINTED"),
+        help="problems of each part per batch",
+    )
+    args = parser.parse_args()
+    out = args.out.resolve()
+    mixture = dict(zip(MIXTURE, args.mixture, strict=True))
+
+    torch.set_num_threads(NUM_THREADS)
+    torch.use_deterministic_algorithms(True)
+    pin_seeds(SEED)
+
+    tokenizer = build_char_tokenizer(HINTED_ALPHABET)
+    assert len(tokenizer) == 17, len(tokenizer)
+    sets = eval_sets()
+    held_out = {name: encode(tokenizer, examples) for name, examples in sets.items()}
+
+    start = time.perf_counter()
+    print(f"== self: {SHAPE}, lr {args.lr:g}, mixture {mixture}", flush=True)
+    model, info = train(tokenizer, held_out, args.lr, mixture)
+    size = save(model, tokenizer, out / "self")
+    # Score what was written, the way users load it: `generate` on the reloaded folder.
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "self")
+    reloaded_tokenizer = AutoTokenizer.from_pretrained(out / "self")
+    info["greedy"] = {name: greedy_exact_match(reloaded, reloaded_tokenizer, ex) for name, ex in sets.items()}
+    for name, acc in info["greedy"].items():
+        if abs(acc - info["forced"][name]) > 0.005:
+            print(f"!! {name}: generate() gives {acc:.1%}, teacher-forced argmax gave {info['forced'][name]:.1%}")
+    info["pass_at"], info["per_sample"] = sampled_pass_rate(reloaded, reloaded_tokenizer, sets["addition"], SEED)
+    info["total_seconds"] = time.perf_counter() - start
+    if out == OUT_DIR.resolve():
+        write_readme_section(readme_section(model, info, size, args.lr, mixture))
+    g = info["greedy"]
+    print(
+        f"== self after {info['steps']} steps ({info['seconds']:.0f}s): greedy exact match: addition "
+        f"{g['addition']:.1%}, subtraction {g['subtraction']:.1%}, hinted addition {g['addition_hinted']:.1%}, "
+        f"hinted subtraction {g['subtraction_hinted']:.1%}; addition at temperature 1: "
+        f"{info['pass_at']:.1%} of problems with >= 1 of {NUM_SAMPLES} right, {info['per_sample']:.1%} per sample; "
+        f"{model.num_parameters():,} params, {size / 1e6:.2f} MB in {out / 'self'}; "
+        f"done in {info['total_seconds']:.0f}s",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
