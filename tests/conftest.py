@@ -27,7 +27,10 @@ def compose_cfg(tiny_pair, tmp_path):
     student, teacher = tiny_pair
 
     def _compose(*overrides: str):
-        separate_teacher = not any(o.startswith("teacher=") and o != "teacher=live" for o in overrides)
+        method = next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), "gkd")
+        default_teacher = "live" if method == "gkd" else "ema"  # sdft and sdpo pick the EMA teacher
+        teacher_choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("teacher=")), default_teacher)
+        separate_teacher = teacher_choice == "live"
         base = [
             f"model.student={student}", *([f"teacher.model={teacher}"] if separate_teacher else []),
             "data.num_train=64", "data.num_eval=16",
