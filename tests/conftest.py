@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -11,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import make_tiny_model  # noqa: E402
 
 from distillkit.cli import CONF_DIR, register_resolvers  # noqa: E402
+
+# The tests' models are tiny: a second thread only adds synchronization (and spins when the machine is busy).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from test_serve import start_server, stop_server
 from distillkit.models import ConfigError
 from distillkit.runner import run
 
-METHODS = ["gkd"]
+METHODS = ["gkd", "sdft", "sdpo"]
 TEACHERS = ["live", "live-self", "base", "ema", "remote"]
 LOSSES = ["full", "topk", "sampled"]
 GENERATIONS = ["hf"]
@@ -30,9 +30,17 @@ def teacher_server(tiny_pair):
     stop_server(proc, log)
 
 
+METHOD_OVERRIDES = {
+    "gkd": [],
+    "sdft": ["data.train=addition_hinted"],
+    "sdpo": ["data.train=addition_hinted", "method.num_generations=2", "method.distillation_weight=0.5",
+             "method.success_reward_threshold=0"],  # a hybrid step that reprompts every rollout: both terms run
+}
+
+
 def teacher_overrides(teacher: str, url: str) -> list[str]:
     if teacher == "live-self":
-        return ["teacher.model=null"]
+        return ["teacher=live", "teacher.model=null"]
     if teacher == "remote":
         return ["teacher=remote", f"teacher.url={url}", "teacher.retries=0"]
     return [f"teacher={teacher}"]
@@ -43,7 +51,7 @@ def teacher_overrides(teacher: str, url: str) -> list[str]:
 def test_combination_runs_or_is_refused(compose_cfg, teacher_server, tmp_path, method, teacher, loss, generation):
     cfg = compose_cfg(f"method={method}", f"loss={loss}", f"generation={generation}", "loss.k=8" if loss == "topk"
                       else "train.seed=0", "train.steps=2", "tracking.enabled=false", "train.eval_every=0",
-                      "data.num_eval=8", *teacher_overrides(teacher, teacher_server))
+                      "data.num_eval=8", *METHOD_OVERRIDES[method], *teacher_overrides(teacher, teacher_server))
     if (teacher, loss) in REFUSED:
         with pytest.raises(ConfigError, match=REFUSED[teacher, loss]):
             run(cfg, tmp_path)
