@@ -182,3 +182,33 @@ def test_sdft_teacher_prompt_over_the_context_is_refused(compose_cfg):
 def test_step_that_cuts_a_group_is_refused_before_loading(compose_cfg):
     with pytest.raises(ConfigError, match="not a multiple of method.num_generations=4"):
         prepare(compose_cfg("method=sdpo", *HINTED, "method.num_generations=4", "train.batch_size=3"))
+
+
+class RecordingGenerator:
+    def __init__(self, inner):
+        self.inner, self.prompts = inner, []
+
+    def generate(self, prompt_ids, n=1, greedy=False):
+        self.prompts.append((list(prompt_ids), n))
+        return self.inner.generate(prompt_ids, n=n, greedy=greedy)
+
+
+@pytest.mark.parametrize("from_teacher", [False, True])
+def test_sdft_samples_from_the_prompt_the_config_names(compose_cfg, from_teacher):
+    cfg = compose_cfg("method=sdft", *HINTED, f"method.generate_from_teacher={from_teacher}",
+                      "method.num_generations=2", "method.num_loss_tokens_to_skip=1")
+    prepared = prepare(cfg)
+    parts = build(cfg, prepared)
+    recorder = RecordingGenerator(parts.generator)
+    rows = prepared.train_rows[:2]
+    micros = parts.method.micro_batches(0, rows, RolloutContext(recorder, None, parts.tokenizer, 1, 0))
+    key = "teacher_prompt_ids" if from_teacher else "prompt_ids"
+    assert recorder.prompts == [([r[key] for r in rows], 2)]
+    (micro,) = micros
+    assert [r["prompt"] for r in micro.rows] == [rows[0]["prompt"]] * 2 + [rows[1]["prompt"]] * 2
+    # the student always sees the plain prompt; the teacher sees the demonstration; the first token is skipped
+    lengths = micro.student.completion_mask.sum(1)
+    assert micro.num_loss_tokens == int((lengths - 1).clamp(min=0).sum())
+    assert torch.equal(micro.student.completion_targets(), micro.teacher.completion_targets())
+    assert micro.student.input_ids[0, : len(rows[0]["prompt_ids"])].tolist() == rows[0]["prompt_ids"]
+    assert micro.teacher.input_ids[0, : len(rows[0]["teacher_prompt_ids"])].tolist() == rows[0]["teacher_prompt_ids"]
