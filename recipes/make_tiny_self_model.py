@@ -370,7 +370,7 @@ Shape as the teacher's (hidden {c.hidden_size}, {c.num_hidden_layers} layers, {c
 {c.num_key_value_heads} kv heads, head_dim {HEAD_DIM}, intermediate {c.intermediate_size}, tied embeddings):
 {model.num_parameters():,} parameters, {size / 1e6:.2f} MB. Its tokenizer is
 `build_char_tokenizer(HINTED_ALPHABET)`: 17 tokens, `<pad>`=0, `<eos>`=1, `<unk>`=2, then `+-0123456789=|`
-(so its ids differ from the teacher's and student's from `=` on).
+(the teacher's and student's 16 tokens with the same ids, plus `|`=16).
 
 | held-out set (1,000 problems, seed {EVAL_SEED}) | greedy exact match |
 |---|---|
