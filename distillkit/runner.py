@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
@@ -32,6 +33,7 @@ from distillkit.data.loading import load_examples, require_columns, tokenize
 from distillkit.distributed import all_reduce_sum
 from distillkit.evaluation import exact_match, teacher_forced_kl
 from distillkit.generation import HFGenerator
+from distillkit.generation.vllm import check_servable
 from distillkit.losses import StudentTokens
 from distillkit.losses.policy import PPOClipTerm
 from distillkit.methods import RolloutContext
@@ -103,9 +105,22 @@ def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, method):
     return train_rows, eval_rows
 
 
+def build_object(node, **kwargs):
+    """`hydra.utils.instantiate`, with a constructor's ConfigError passed on as is (not wrapped by Hydra)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def check_composition(cfg: DictConfig, method, teacher):
     """Refuse a method x teacher x loss combination that cannot work, before anything loads."""
-    divergence = instantiate(cfg.loss, beta=method.beta, temperature=method.temperature)
+    divergence = build_object(cfg.loss, beta=method.beta, temperature=method.temperature)
     if divergence.signal not in teacher.signals:
         raise ConfigError(
             f"teacher={choice(cfg, 'teacher')} cannot give what loss={loss_mode(cfg)} needs ({divergence.signal}): "
@@ -135,11 +150,13 @@ class Prepared:
 def prepare(cfg: DictConfig) -> Prepared:
     """The cheap checks: config, tokenizers, vocabularies, data and prompt lengths. No weights are loaded."""
     validate(cfg)
-    method = instantiate(cfg.method)
-    teacher = instantiate(cfg.teacher)
+    method = build_object(cfg.method)
+    teacher = build_object(cfg.teacher)
     request = check_composition(cfg, method, teacher).teacher_request()
     tokenizer = load_tokenizer(cfg.model.student, cfg.model.trust_remote_code)
     student_config = load_model_config(cfg.model.student, cfg.model.trust_remote_code)
+    if choice(cfg, "generation") == "vllm":
+        check_servable(student_config, on_cuda=resolve_device(cfg.device).type == "cuda")
     configs = [student_config]
     contexts = []
     if getattr(teacher, "remote", False):  # asks the server: /health, /info, tokenizer hash, k limit
@@ -329,6 +346,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         parts.scheduler.load_state_dict(state["scheduler"])
         parts.teacher.load_state_dict(state["teacher"])
         parts.method.load_state_dict(state.get("method", {}))
+        parts.generator.sync(parts.student, force=True)  # a separate engine (vLLM) gets the resumed weights
         start_step = state["step"]
     tracker = Tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
     tracker.start(cfg, overrides or [], output_dir, run_tags(cfg))

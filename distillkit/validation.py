@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, open_dict
 
+from distillkit.generation.vllm import require_vllm
 from distillkit.models import DTYPES, ConfigError
 
 DEFAULT_BETA = {"full": 0.5, "topk": 0.5, "sampled": 1.0}
@@ -60,6 +61,9 @@ def validate(cfg: DictConfig) -> None:
         if dtype not in DTYPES:
             raise ConfigError(f"{key}={dtype!r} is not one of {sorted(DTYPES)}.")
     check_device(cfg)
+    check_liger(cfg)
+    if choice(cfg, "generation") == "vllm":
+        require_vllm()
 
 
 def check_device(cfg: DictConfig) -> None:
@@ -72,6 +76,8 @@ def check_device(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.attn_implementation={cfg.model.attn_implementation} needs a CUDA GPU. Use sdpa or eager."
         )
+    if cfg.generation.get("enable_sleep_mode", False):
+        raise ConfigError("generation.enable_sleep_mode=true needs a CUDA GPU (vLLM refuses it on CPU). Set it to false.")
     if cfg.loss.get("kernel", "torch") == "liger":
         raise ConfigError("loss.kernel=liger runs Triton kernels on CUDA only. Use loss.kernel=torch on CPU.")
 
@@ -80,3 +86,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def check_liger(cfg: DictConfig) -> None:
+    """The fused kernel computes the plain JSD: GKD only, and liger-kernel must be importable."""
+    if cfg.loss.get("kernel", "torch") != "liger":
+        return
+    if choice(cfg, "method") != "gkd":
+        raise ConfigError(
+            f"loss.kernel=liger computes the plain generalized JSD; method={choice(cfg, 'method')} needs token masks, "
+            "importance weights or a policy term, which the fused kernel lacks. Use loss.kernel=torch."
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError('loss.kernel=liger needs liger-kernel: pip install "distillkit[liger]".')

@@ -212,3 +212,15 @@ def test_sdft_samples_from_the_prompt_the_config_names(compose_cfg, from_teacher
     assert torch.equal(micro.student.completion_targets(), micro.teacher.completion_targets())
     assert micro.student.input_ids[0, : len(rows[0]["prompt_ids"])].tolist() == rows[0]["prompt_ids"]
     assert micro.teacher.input_ids[0, : len(rows[0]["teacher_prompt_ids"])].tolist() == rows[0]["teacher_prompt_ids"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("method.num_generations=1", "at least 2"),
+    ("method.distillation_weight=2", "distillation_weight"),
+    ("method.scale_rewards=mean", "scale_rewards"),
+    ("+method.reward_funcs=[{_target_: nowhere.reward}]", "cannot be imported"),
+])
+def test_bad_sdpo_options_are_refused_as_config_errors(compose_cfg, override, message):
+    overrides = ["~method.reward_funcs", override] if override.startswith("+") else [override]
+    with pytest.raises(ConfigError, match=message):
+        prepare(compose_cfg("method=sdpo", *HINTED, "method.num_generations=2", *overrides))

@@ -10,6 +10,9 @@ self-distillation model (`distillkit/assets/tiny/self`) was pretrained on:
   leading zeros). The tiny self model never saw a plain subtraction prompt, only hinted ones.
 - `addition_hinted` is the old skill: the same problems as `addition` (same seed, same rows) plus the
   `privileged_context` column.
+- `maximum` is a second old skill, there so that the tiny self model's plain answers depend on the operator:
+  `123>045=` -> `123` (the larger operand, without leading zeros). `maximum_hinted_dataset` adds the
+  `privileged_context` column.
 
 Everything is generated from a seed; no data set is downloaded.
 """
@@ -23,7 +26,9 @@ from datasets import Dataset
 from distillkit.data.addition import ALPHABET, addition_dataset
 
 HINT_SEPARATOR = "|"
-HINTED_ALPHABET = ALPHABET + "-" + HINT_SEPARATOR  # digits, `+`, `-`, `=`, `|`
+MAXIMUM_OPERATOR = ">"
+# digits, `+`, `-`, `=`, `>`, `|`; the char tokenizer sorts them: `+`=3 `-`=4 `0..9`=5..14 `=`=15 `>`=16 `|`=17
+HINTED_ALPHABET = ALPHABET + "-" + MAXIMUM_OPERATOR + HINT_SEPARATOR
 # The teacher prompt of the tiny self model: `str.format` with a row's `privileged_context` and `prompt`.
 TEACHER_PROMPT_TEMPLATE = "{privileged_context}" + HINT_SEPARATOR + "{prompt}"
 
@@ -52,3 +57,18 @@ def addition_hinted_dataset(num_examples: int, seed: int, digits: int = 3) -> Da
     """`addition_dataset(num_examples, seed)` plus a `privileged_context` column holding the answer."""
     dataset = addition_dataset(num_examples, seed, digits)
     return dataset.add_column("privileged_context", list(dataset["completion"]))
+
+
+def maximum_example(a: int, b: int, digits: int) -> dict[str, str]:
+    """`a>b=` -> the larger operand, without leading zeros."""
+    answer = str(max(a, b))
+    return {"prompt": f"{a:0{digits}d}{MAXIMUM_OPERATOR}{b:0{digits}d}=", "completion": answer,
+            "privileged_context": answer}
+
+
+def maximum_dataset(num_examples: int, seed: int, digits: int = 3) -> Dataset:
+    """`num_examples` problems `a>b=` drawn with `seed` (the same operand pairs as `addition_dataset(seed)`)."""
+    rng = random.Random(seed)
+    hi = 10**digits - 1
+    rows = [maximum_example(rng.randint(0, hi), rng.randint(0, hi), digits) for _ in range(num_examples)]
+    return Dataset.from_list(rows)

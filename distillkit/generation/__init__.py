@@ -1,5 +1,6 @@
 """Generation backends: `generate(prompt_ids, n)` gives token-id completions from the current weights."""
 
 from distillkit.generation.hf import HFGenerator
+from distillkit.generation.vllm import VLLMGenerator
 
-__all__ = ["HFGenerator"]
+__all__ = ["HFGenerator", "VLLMGenerator"]

@@ -40,7 +40,7 @@ class HFGenerator:
             self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         return self
 
-    def sync(self, model: torch.nn.Module) -> None:
+    def sync(self, model: torch.nn.Module, force: bool = False) -> None:
         """The HF backend samples from the training module itself, so there is nothing to copy."""
 
     @torch.no_grad()

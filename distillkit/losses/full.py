@@ -1,16 +1,30 @@
-"""`loss=full`: the generalized JSD over the whole vocabulary, chunked over completion rows."""
+"""`loss=full`: the generalized JSD over the whole vocabulary, chunked over completion rows.
+
+`kernel=liger` (CUDA only) hands the same objective to liger-kernel's fused linear JSD instead, so neither
+model's logits are materialized; only completion rows go in (`liger_inputs`).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from distillkit.losses.base import Divergence, TeacherTokens
+from distillkit.losses.base import Divergence, LossOutput, StudentTokens, TeacherTokens
 from distillkit.losses.chunked_head import project
 from distillkit.losses.math import generalized_jsd, kl
+from distillkit.models import ConfigError
+
+KERNELS = ("torch", "liger")
 
 
 class FullDivergence(Divergence):
     signal = "hidden"
+
+    def __init__(self, beta: float, temperature: float, chunk_size: int | None = None, kernel: str = "torch"):
+        super().__init__(beta, temperature, chunk_size)
+        if kernel not in KERNELS:
+            raise ConfigError(f"loss.kernel={kernel!r} must be one of {list(KERNELS)}.")
+        self.kernel = kernel
+        self._liger = None
 
     def chunk(self, student_logp, teacher: TeacherTokens, targets, rows):
         with torch.no_grad():
@@ -18,3 +32,37 @@ class FullDivergence(Divergence):
             teacher_logp = torch.log_softmax(teacher_logits / self.temperature, dim=-1)
         per_token = generalized_jsd(student_logp, teacher_logp, self.beta)
         return per_token, kl(student_logp.detach(), teacher_logp)
+
+    def __call__(self, student, teacher, token_term=None, distillation_weight: float = 1.0) -> LossOutput:
+        if self.kernel == "torch" or teacher is None:
+            return super().__call__(student, teacher, token_term, distillation_weight)
+        if token_term is not None or student.weights is not None or student.old_logprobs is not None:
+            raise ConfigError("loss.kernel=liger computes the plain JSD only: no token masks, importance weights or "
+                              "policy term. Use loss.kernel=torch with this method's options.")
+        return LossOutput(self.liger_sum(*liger_inputs(student, teacher)), {})
+
+    def liger_sum(self, student_hidden, student_weight, teacher_hidden, teacher_weight) -> torch.Tensor:
+        """Liger averages over rows; the loop wants the sum (it divides by the step's token count itself)."""
+        if self._liger is None:
+            from liger_kernel.transformers import LigerFusedLinearJSD
+
+            # Liger's conventions are ours: M = beta*T + (1-beta)*S, beta=0 forward KL(T||S), beta=1 reverse KL,
+            # both logits divided by the temperature (and no T^2 factor).
+            self._liger = LigerFusedLinearJSD(jsd_beta=self.beta, temperature=self.temperature)
+        rows = student_hidden.shape[0]
+        return self._liger(student_hidden, student_weight, teacher_hidden, teacher_weight) * rows
+
+
+def liger_inputs(student: StudentTokens, teacher: TeacherTokens) -> tuple[torch.Tensor, ...]:
+    """The fused kernel's four inputs, completion rows only (TRL's Liger path passed every prompt position too).
+
+    `StudentTokens.hidden` and `TeacherTokens.hidden` are already cut to completion positions by
+    `batch.completion_hidden` before the LM head, so this only checks shapes and lines the two up.
+    """
+    if teacher.hidden is None or teacher.head_weight is None:
+        raise ValueError("loss.kernel=liger needs the teacher's hidden states and LM head (an in-process teacher).")
+    if student.hidden.shape[0] != teacher.hidden.shape[0]:
+        raise ValueError(f"{student.hidden.shape[0]} student rows but {teacher.hidden.shape[0]} teacher rows.")
+    if student.head_weight.shape[0] != teacher.head_weight.shape[0]:
+        raise ValueError("The student and teacher heads must cover the same (shared) vocabulary.")
+    return student.hidden, student.head_weight, teacher.hidden, teacher.head_weight
