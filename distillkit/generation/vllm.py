@@ -103,6 +103,8 @@ class VLLMGenerator:
         if hasattr(model, "get_base_model"):
             source = model.get_base_model().config._name_or_path
         kwargs = {k: v for k, v in self.engine_kwargs.items() if v is not None}
+        if kwargs["dtype"] == "auto":  # the student's own dtype: vLLM's "auto" would pick bf16 on CPU
+            kwargs["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
         if not on_cuda:
             kwargs.pop("gpu_memory_utilization")
         self.llm = LLM(model=source, tokenizer=source, skip_tokenizer_init=False, **kwargs)
