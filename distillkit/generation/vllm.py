@@ -138,7 +138,7 @@ class VLLMGenerator:
             n=n, max_tokens=self.max_completion_length,
             temperature=0.0 if greedy else self.temperature,
             top_p=1.0 if greedy else self.top_p, top_k=-1 if greedy or self.top_k == 0 else self.top_k,
-            stop_token_ids=sorted(self.eos_ids),
+            stop_token_ids=sorted(self.eos_ids), detokenize=False,  # token ids only: text is never needed
         )
         if self.engine_kwargs["enable_sleep_mode"]:
             self.llm.wake_up()
