@@ -90,3 +90,20 @@ def test_end_to_end_runs(compose_cfg, tmp_path, method):
     summary = run(cfg, tmp_path)
     assert summary.steps == 3 and (tmp_path / "final_model" / "model.safetensors").exists()
     assert torch.isfinite(torch.tensor(summary.teacher_kl)).all()
+
+
+def test_lora_weights_are_pushed_merged(compose_cfg):
+    lora = "model.lora={r: 4, lora_alpha: 8, lora_dropout: 0.0, target_modules: all-linear}"
+    cfg = compose_cfg("generation=vllm", lora, "train.lr=1e-1", "train.warmup_steps=0")
+    prepared = prepare(cfg)
+    built = build(cfg, prepared)
+    try:
+        rows = prepared.train_rows[:16]
+        before = greedy(built.generator, rows)
+        for step in range(3):
+            optimizer_step(built, prepared.train_rows[step * 4: step * 4 + 4], step, StepClock())
+        hf = greedy(HFGenerator(max_completion_length=5).bind(built.student, built.tokenizer), rows)
+        assert hf != before
+        assert greedy(built.generator, rows) == hf
+    finally:
+        built.generator.close()
