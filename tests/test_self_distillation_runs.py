@@ -224,3 +224,18 @@ def test_bad_sdpo_options_are_refused_as_config_errors(compose_cfg, override, me
     overrides = ["~method.reward_funcs", override] if override.startswith("+") else [override]
     with pytest.raises(ConfigError, match=message):
         prepare(compose_cfg("method=sdpo", *HINTED, "method.num_generations=2", *overrides))
+
+
+def test_sdft_chat_prompts_keep_the_system_turn_through_the_chat_template(tiny_pair):
+    from distillkit.methods import SDFT
+    from distillkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_pair[0]))
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'][0] }}{{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %}={% endif %}")
+    rows = [{"prompt": [{"role": "system", "content": "1"}, {"role": "user", "content": "2+2"}],
+             "privileged_context": [{"role": "assistant", "content": "4"}]}]
+    SDFT(teacher_prompt_template="{privileged_context}={prompt}").prepare_rows(rows, tokenizer, 64, 64, "training")
+    # s(ystem) and u(ser) are not in the tiny alphabet, so they decode as <unk>; the contents keep their places
+    decoded = tokenizer.decode(rows[0]["teacher_prompt_ids"], skip_special_tokens=True)
+    assert decoded == "1" + "4=2+2" + "="
