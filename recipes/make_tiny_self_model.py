@@ -4,16 +4,19 @@
 
 Writes `distillkit/assets/tiny/self/` (Qwen2 config + fp32 safetensors + char tokenizer + generation config)
 and a section of `distillkit/assets/tiny/README.md`. Nothing is downloaded: the model is built from a config
-and trained from scratch on CPU on a mixture of three synthetic streams (`distillkit.data.hinted_tasks`):
+and trained from scratch on CPU on a mixture of five synthetic streams (`distillkit.data.hinted_tasks`):
 
-- plain addition          `123+045=` -> `168<eos>`
+- plain addition          `123+045=` -> `168<eos>`    (old skill, partial)
+- plain maximum           `123>045=` -> `123<eos>`    (second old skill: plain answers depend on the operator)
 - hinted addition     `168|123+045=` -> `168<eos>`
+- hinted maximum      `123|123>045=` -> `123<eos>`
 - hinted subtraction   `78|123-045=` -> `78<eos>`
 
-and never on plain subtraction. The hint format `{privileged_context}|{prompt}` is the teacher prompt the
+and never on plain subtraction (the new skill). The hint format `{privileged_context}|{prompt}` is the teacher prompt the
 self-distillation methods must use. The model is saved at the first evaluation where it
 
 - already uses an in-context hint: hinted exact match >= 95% on both tasks,
+- has a second old skill, partly: plain maximum exact match >= MAXIMUM_MIN,
 - has a partial old skill: plain addition exact match in ADDITION_BAND (room for SDPO to improve it, yet
   enough successes among 8 samples at temperature 1 to find demonstrations), and
 - lacks the new skill: plain subtraction exact match <= 10%.
@@ -53,6 +56,8 @@ from distillkit.data.hinted_tasks import (  # noqa: E402
     HINTED_ALPHABET,
     TEACHER_PROMPT_TEMPLATE,
     hinted_prompt,
+    maximum_dataset,
+    maximum_example,
     subtraction_dataset,
     subtraction_example,
 )
@@ -62,9 +67,9 @@ DIGITS = 3
 EVAL_SEED = 1234  # held-out sets; no training stream may use it
 EVAL_SIZE = 1000
 # One problem stream per part of the mixture, each with its own seed (none is EVAL_SEED).
-STREAM_SEEDS = {"addition": 11, "addition_hinted": 12, "subtraction_hinted": 13}
+STREAM_SEEDS = {"addition": 11, "maximum": 14, "addition_hinted": 12, "maximum_hinted": 15, "subtraction_hinted": 13}
 # Problems per part in every batch (fixed counts, so the batch composition does not depend on an RNG).
-MIXTURE = {"addition": 64, "addition_hinted": 32, "subtraction_hinted": 32}
+MIXTURE = {"addition": 56, "maximum": 16, "addition_hinted": 24, "maximum_hinted": 8, "subtraction_hinted": 24}
 LR = 3e-3
 BETAS = (0.9, 0.98)
 WEIGHT_DECAY = 0.01
@@ -74,6 +79,7 @@ MAX_STEPS = 3000
 EVAL_EVERY = 10
 ADDITION_BAND = (0.30, 0.55)
 HINTED_MIN = 0.95
+MAXIMUM_MIN = 0.30  # a partial second skill is enough: plain answers must depend on the operator
 SUBTRACTION_MAX = 0.10
 MAX_NEW_TOKENS = 5  # longest answer "1998" + eos
 NUM_SAMPLES = 8  # the sampled pass rate: problems with >= 1 right answer among 8 samples at temperature 1
@@ -128,7 +134,10 @@ def build_model(tokenizer, seed: int) -> Qwen2ForCausalLM:
 
 def with_hint(example: dict[str, str]) -> dict[str, str]:
     """The teacher's view of a problem: `ANS|PROMPT` -> `ANS`."""
-    return {"prompt": hinted_prompt(example["completion"], example["prompt"]), "completion": example["completion"]}
+    return {
+        "prompt": hinted_prompt(example["completion"], example["prompt"]),
+        "completion": example["completion"],
+    }
 
 
 def encode(tokenizer, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
@@ -167,6 +176,10 @@ class MixtureStream:
             return addition_example(a, b, DIGITS)
         if part == "addition_hinted":
             return with_hint(addition_example(a, b, DIGITS))
+        if part == "maximum":
+            return maximum_example(a, b, DIGITS)
+        if part == "maximum_hinted":
+            return with_hint(maximum_example(a, b, DIGITS))
         if part == "subtraction_hinted":
             return with_hint(subtraction_example(a, b, DIGITS))
         raise ValueError(part)
@@ -184,15 +197,21 @@ class MixtureStream:
 
 
 def eval_sets() -> dict[str, list[dict[str, str]]]:
-    """The four held-out sets (seed EVAL_SEED): plain and hinted addition, plain and hinted subtraction."""
+    """The six held-out sets (seed EVAL_SEED): plain and hinted addition, maximum and subtraction."""
     addition = [dict(r) for r in addition_dataset(EVAL_SIZE, seed=EVAL_SEED, digits=DIGITS)]
     subtraction = [
         {"prompt": r["prompt"], "completion": r["completion"]}
         for r in subtraction_dataset(EVAL_SIZE, seed=EVAL_SEED, digits=DIGITS)
     ]
+    maximum = [
+        {"prompt": r["prompt"], "completion": r["completion"]}
+        for r in maximum_dataset(EVAL_SIZE, seed=EVAL_SEED, digits=DIGITS)
+    ]
     return {
         "addition": addition,
         "addition_hinted": [with_hint(r) for r in addition],
+        "maximum": maximum,
+        "maximum_hinted": [with_hint(r) for r in maximum],
         "subtraction": subtraction,
         "subtraction_hinted": [with_hint(r) for r in subtraction],
     }
@@ -307,11 +326,15 @@ def train(tokenizer, held_out: dict[str, dict[str, torch.Tensor]], lr: float, mi
         acc = {name: forced_exact_match(model, enc) for name, enc in held_out.items()}
         print(
             f"step {step:5d}  loss {loss:.4f}  exact match: addition {acc['addition']:6.1%}  "
-            f"subtraction {acc['subtraction']:6.1%}  hinted addition {acc['addition_hinted']:6.1%}  "
-            f"hinted subtraction {acc['subtraction_hinted']:6.1%}  ({time.perf_counter() - t0:.0f}s)",
+            f"maximum {acc['maximum']:6.1%}  subtraction {acc['subtraction']:6.1%}  "
+            f"hinted: addition {acc['addition_hinted']:6.1%}  maximum {acc['maximum_hinted']:6.1%}  "
+            f"subtraction {acc['subtraction_hinted']:6.1%}  ({time.perf_counter() - t0:.0f}s)",
             flush=True,
         )
-        hinted_ok = min(acc["addition_hinted"], acc["subtraction_hinted"]) >= HINTED_MIN
+        hinted_ok = (
+            min(acc["addition_hinted"], acc["maximum_hinted"], acc["subtraction_hinted"]) >= HINTED_MIN
+            and acc["maximum"] >= MAXIMUM_MIN
+        )
         if lo <= acc["addition"] <= hi and hinted_ok and acc["subtraction"] <= SUBTRACTION_MAX:
             return model, {"steps": step, "seconds": time.perf_counter() - t0, "forced": acc}
         if acc["subtraction"] > SUBTRACTION_MAX:
@@ -358,38 +381,45 @@ def readme_section(model, info: dict, size: int, lr: float, mixture: dict[str, i
 
 A third tiny Qwen2 causal LM for the self-distillation methods (SDFT, SDPO), which use the model itself as
 the teacher, conditioned on privileged context (a demonstration: the answer) placed in its prompt. It is
-trained so that it (a) already uses such a hint, (b) has a partial old skill, addition, and (c) lacks a
-new skill, subtraction (`distillkit.data.hinted_tasks`, e.g. `123-045=` -> `78<eos>`), unless hinted.
+trained so that it (a) already uses such a hint, (b) has two partial old skills, addition and maximum
+(`123>045=` -> `123<eos>`), and (c) lacks a new skill, subtraction (`distillkit.data.hinted_tasks`, e.g.
+`123-045=` -> `78<eos>`), unless hinted. The second plain skill is there so that the model's plain answers
+depend on the operator: without it (the first version of this model, addition only) anything learned about
+`a-b=` spilled onto `a+b=`, and both SFT and SDFT on subtraction wiped addition out completely.
 
 The hint format, the one teacher prompt it was trained on, is `{{privileged_context}}|{{prompt}}`: the answer,
-`|`, then the plain prompt, e.g. `168|123+045=` -> `168<eos>` and `78|123-045=` -> `78<eos>`
+`|`, then the plain prompt, e.g. `168|123+045=` -> `168<eos>`, `123|123>045=` -> `123<eos>` and
+`78|123-045=` -> `78<eos>`
 (`distillkit.data.hinted_tasks.TEACHER_PROMPT_TEMPLATE = "{TEACHER_PROMPT_TEMPLATE}"`). The built-in tasks
-`subtraction` and `addition_hinted` carry the answer in a `privileged_context` column.
+`subtraction` and `addition_hinted` carry the answer in a `privileged_context` column
+(`hinted_tasks.maximum_dataset` makes the maximum problems; it is not a built-in `data.train` task).
 
 Shape as the teacher's (hidden {c.hidden_size}, {c.num_hidden_layers} layers, {c.num_attention_heads} heads,
 {c.num_key_value_heads} kv heads, head_dim {HEAD_DIM}, intermediate {c.intermediate_size}, tied embeddings):
 {model.num_parameters():,} parameters, {size / 1e6:.2f} MB. Its tokenizer is
-`build_char_tokenizer(HINTED_ALPHABET)`: 17 tokens, `<pad>`=0, `<eos>`=1, `<unk>`=2, then `+-0123456789=|`
-(the teacher's and student's 16 tokens with the same ids, plus `|`=16).
+`build_char_tokenizer(HINTED_ALPHABET)`: 18 tokens, `<pad>`=0, `<eos>`=1, `<unk>`=2, then `+-0123456789=>|`
+(the teacher's and student's 16 tokens with the same ids, plus `>`=16 and `|`=17).
 
 | held-out set (1,000 problems, seed {EVAL_SEED}) | greedy exact match |
 |---|---|
 | plain addition `a+b=` (old skill) | {g["addition"]:.1%} |
+| plain maximum `a>b=` (second old skill) | {g["maximum"]:.1%} |
 | plain subtraction `a-b=` (new skill, never trained on) | {g["subtraction"]:.1%} |
 | hinted addition `ANS\\|a+b=` | {g["addition_hinted"]:.1%} |
+| hinted maximum `ANS\\|a>b=` | {g["maximum_hinted"]:.1%} |
 | hinted subtraction `ANS\\|a-b=` | {g["subtraction_hinted"]:.1%} |
 
 Plain addition sampled at temperature 1, {NUM_SAMPLES} samples per problem: {info["pass_at"]:.1%} of the
 problems have at least one right sample; {info["per_sample"]:.1%} of the samples are right.
 
 Training: cross-entropy on the answer tokens and `<eos>` only, {batch} fresh problems per step ({parts};
-stream seeds {STREAM_SEEDS["addition"]}, {STREAM_SEEDS["addition_hinted"]}, {STREAM_SEEDS["subtraction_hinted"]};
+stream seeds {", ".join(str(STREAM_SEEDS[part]) for part in mixture)};
 never a plain subtraction prompt), AdamW (lr {lr:g}, betas {BETAS}, weight decay {WEIGHT_DECAY}) with
 {WARMUP_STEPS} warmup steps and cosine decay to {MIN_LR_RATIO:g}x over {MAX_STEPS} steps, {NUM_THREADS} CPU
 thread, deterministic torch algorithms, seed {SEED}. Evaluated every {EVAL_EVERY} steps (every step after a
 rewind if plain addition would jump over the band) and saved after {info["steps"]} steps, at the first
-evaluation where plain addition was in [{ADDITION_BAND[0]:.0%}, {ADDITION_BAND[1]:.0%}], both hinted sets
->= {HINTED_MIN:.0%} and plain subtraction <= {SUBTRACTION_MAX:.0%}. Wall time of the run that wrote these
+evaluation where plain addition was in [{ADDITION_BAND[0]:.0%}, {ADDITION_BAND[1]:.0%}], plain maximum
+>= {MAXIMUM_MIN:.0%}, all three hinted sets >= {HINTED_MIN:.0%} and plain subtraction <= {SUBTRACTION_MAX:.0%}. Wall time of the run that wrote these
 files (CPU, load-dependent): {info["seconds"]:.0f} s training, {info["total_seconds"]:.0f} s in all.
 
 Regenerate (CPU, deterministic; overwrites `self/` and this section, which
@@ -415,9 +445,9 @@ def main() -> None:
     parser.add_argument(
         "--mixture",
         type=int,
-        nargs=3,
+        nargs=len(MIXTURE),
         default=list(MIXTURE.values()),
-        metavar=("ADDITION", "ADDITION_HINTED", "SUBTRACTION_HINTED"),
+        metavar=tuple(part.upper() for part in MIXTURE),
         help="problems of each part per batch",
     )
     args = parser.parse_args()
@@ -429,7 +459,7 @@ def main() -> None:
     pin_seeds(SEED)
 
     tokenizer = build_char_tokenizer(HINTED_ALPHABET)
-    assert len(tokenizer) == 17, len(tokenizer)
+    assert len(tokenizer) == 18, len(tokenizer)
     sets = eval_sets()
     held_out = {name: encode(tokenizer, examples) for name, examples in sets.items()}
 
@@ -443,16 +473,21 @@ def main() -> None:
     info["greedy"] = {name: greedy_exact_match(reloaded, reloaded_tokenizer, ex) for name, ex in sets.items()}
     for name, acc in info["greedy"].items():
         if abs(acc - info["forced"][name]) > 0.005:
-            print(f"!! {name}: generate() gives {acc:.1%}, teacher-forced argmax gave {info['forced'][name]:.1%}")
-    info["pass_at"], info["per_sample"] = sampled_pass_rate(reloaded, reloaded_tokenizer, sets["addition"], SEED)
+            print(
+                f"!! {name}: generate() gives {acc:.1%}, teacher-forced argmax gave {info['forced'][name]:.1%}"
+            )
+    info["pass_at"], info["per_sample"] = sampled_pass_rate(
+        reloaded, reloaded_tokenizer, sets["addition"], SEED
+    )
     info["total_seconds"] = time.perf_counter() - start
     if out == OUT_DIR.resolve():
         write_readme_section(readme_section(model, info, size, args.lr, mixture))
     g = info["greedy"]
     print(
         f"== self after {info['steps']} steps ({info['seconds']:.0f}s): greedy exact match: addition "
-        f"{g['addition']:.1%}, subtraction {g['subtraction']:.1%}, hinted addition {g['addition_hinted']:.1%}, "
-        f"hinted subtraction {g['subtraction_hinted']:.1%}; addition at temperature 1: "
+        f"{g['addition']:.1%}, maximum {g['maximum']:.1%}, subtraction {g['subtraction']:.1%}, hinted addition "
+        f"{g['addition_hinted']:.1%}, hinted maximum {g['maximum_hinted']:.1%}, hinted subtraction "
+        f"{g['subtraction_hinted']:.1%}; addition at temperature 1: "
         f"{info['pass_at']:.1%} of problems with >= 1 of {NUM_SAMPLES} right, {info['per_sample']:.1%} per sample; "
         f"{model.num_parameters():,} params, {size / 1e6:.2f} MB in {out / 'self'}; "
         f"done in {info['total_seconds']:.0f}s",

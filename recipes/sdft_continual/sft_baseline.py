@@ -2,10 +2,11 @@
 
     python recipes/sdft_continual/sft_baseline.py [--steps 200] [--batch-size 64] [--lr 1e-3]
 
-Fine-tunes the tiny self-distillation model (`distillkit/assets/tiny/self`: partial addition, no subtraction
-unless hinted) with cross-entropy on the `subtraction` task's demonstrations (plain `a-b=` prompts, no hint;
+Fine-tunes the tiny self-distillation model (`distillkit/assets/tiny/self`: partial addition, maximum `a>b=`,
+no subtraction unless hinted) with cross-entropy on the `subtraction` task's demonstrations (plain `a-b=` prompts, no hint;
 `subtraction_dataset(steps * batch_size, seed=0)`, read in order), and scores greedy exact match on 1,000
-held-out problems (seed 1234) of the new skill (plain subtraction) and the old skill (plain addition) before
+held-out problems (seed 1234) of the new skill (plain subtraction) and the old skills (plain addition and plain
+maximum) before
 training, every `--eval-every` steps and after. Prints a table and writes the curve as JSON to `--out`.
 
 Plain torch/transformers and the `distillkit.data` task generators only (none of distillkit's training code),
@@ -32,7 +33,7 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the
     sys.path.insert(0, str(REPO_ROOT))
 
 from distillkit.data.addition import addition_dataset  # noqa: E402
-from distillkit.data.hinted_tasks import subtraction_dataset  # noqa: E402
+from distillkit.data.hinted_tasks import maximum_dataset, subtraction_dataset  # noqa: E402
 
 MODEL_DIR = REPO_ROOT / "distillkit" / "assets" / "tiny" / "self"
 SEED = 0
@@ -77,9 +78,15 @@ def greedy_exact_match(model, tokenizer, dataset, batch_size: int = 500) -> floa
         chunk = dataset[start : start + batch_size]
         enc = tokenizer(chunk["prompt"], return_tensors="pt", padding=True, add_special_tokens=False)
         out = model.generate(
-            **enc, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+            **enc,
+            do_sample=False,
+            max_new_tokens=MAX_NEW_TOKENS,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
         )
-        for row, target in zip(out[:, enc["input_ids"].shape[1] :].tolist(), chunk["completion"], strict=True):
+        for row, target in zip(
+            out[:, enc["input_ids"].shape[1] :].tolist(), chunk["completion"], strict=True
+        ):
             correct += eos in row and tokenizer.decode(row[: row.index(eos)]) == target
     model.train(was_training)
     return correct / len(dataset)
@@ -109,6 +116,7 @@ def main() -> None:
     held_out = {
         "new (subtraction)": subtraction_dataset(EVAL_SIZE, seed=EVAL_SEED),
         "old (addition)": addition_dataset(EVAL_SIZE, seed=EVAL_SEED),
+        "old (maximum)": maximum_dataset(EVAL_SIZE, seed=EVAL_SEED),
     }
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=BETAS, weight_decay=args.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, WARMUP_STEPS, args.steps)
@@ -116,7 +124,10 @@ def main() -> None:
     curve = []
     t0 = time.perf_counter()
     train_seconds = 0.0
-    header = f"{'step':>5} {'loss':>7} {'new (subtraction)':>18} {'old (addition)':>15} {'train s':>8}"
+    header = (
+        f"{'step':>5} {'loss':>7} {'new (subtraction)':>18} {'old (addition)':>15} {'old (maximum)':>14} "
+        f"{'train s':>8}"
+    )
     print(f"SFT of {args.model} on plain subtraction: {vars(args)}\n{header}", flush=True)
 
     def evaluate(step: int, loss: float | None) -> None:
@@ -127,13 +138,14 @@ def main() -> None:
                 "loss": loss,
                 "new_skill_subtraction": acc["new (subtraction)"],
                 "old_skill_addition": acc["old (addition)"],
+                "old_skill_maximum": acc["old (maximum)"],
                 "train_seconds": train_seconds,
             }
         )
         loss_text = f"{loss:7.4f}" if loss is not None else f"{'-':>7}"
         print(
             f"{step:5d} {loss_text} {acc['new (subtraction)']:18.1%} {acc['old (addition)']:15.1%} "
-            f"{train_seconds:8.1f}",
+            f"{acc['old (maximum)']:14.1%} {train_seconds:8.1f}",
             flush=True,
         )
 
@@ -166,8 +178,8 @@ def main() -> None:
             "eval_size": EVAL_SIZE,
             "threads": 1,
         },
-        "before": {k: before[k] for k in ("new_skill_subtraction", "old_skill_addition")},
-        "after": {k: after[k] for k in ("new_skill_subtraction", "old_skill_addition")},
+        "before": {k: before[k] for k in ("new_skill_subtraction", "old_skill_addition", "old_skill_maximum")},
+        "after": {k: after[k] for k in ("new_skill_subtraction", "old_skill_addition", "old_skill_maximum")},
         "train_seconds": train_seconds,
         "wall_seconds": wall,
         "curve": curve,
@@ -176,7 +188,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"new skill (subtraction) {before['new_skill_subtraction']:.1%} -> {after['new_skill_subtraction']:.1%}, "
-        f"old skill (addition) {before['old_skill_addition']:.1%} -> {after['old_skill_addition']:.1%}; "
+        f"old skills: addition {before['old_skill_addition']:.1%} -> {after['old_skill_addition']:.1%}, "
+        f"maximum {before['old_skill_maximum']:.1%} -> {after['old_skill_maximum']:.1%}; "
         f"{train_seconds:.0f}s training, {wall:.0f}s wall; curve in {args.out}",
         flush=True,
     )
