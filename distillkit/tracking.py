@@ -40,7 +40,8 @@ class Tracker:
         mlflow.set_experiment(self.experiment)
         id_file = output_dir / "mlflow_run_id"
         resumed = id_file.exists()
-        run = mlflow.start_run(run_id=id_file.read_text().strip() if resumed else None, run_name=self.run_name)
+        run_name = self.run_name or default_run_name(tags)
+        run = mlflow.start_run(run_id=id_file.read_text().strip() if resumed else None, run_name=run_name)
         self.run_id = run.info.run_id
         if resumed:
             mlflow.set_tag("distillkit.resumed", "true")
@@ -80,3 +81,12 @@ class Tracker:
 
 def default_tracking_uri(output_root: str) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(output_root, 'mlflow.db'))}"
+
+
+def default_run_name(tags: dict[str, str]) -> str:
+    """`sdpo-ema-full-hf-20261125-141503`: what ran and when. MLflow's own random names repeat here, because
+    its generator draws from Python's `random`, which the run has seeded."""
+    import time
+
+    parts = [tags[k] for k in ("method", "teacher", "loss", "generation") if k in tags]
+    return "-".join([*parts, time.strftime("%Y%m%d-%H%M%S")])

@@ -160,6 +160,7 @@ def test_metrics_reach_mlflow(compose_cfg, tmp_path):
     summary = run(cfg, tmp_path)
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     logged = mlflow.get_run(summary.run_id).data.metrics
+    assert mlflow.get_run(summary.run_id).info.run_name.startswith("sdpo-ema-full-hf-")  # what ran, not a random name
     for key in ("rewards/mean", "rewards/std", "rewards/exact_match/mean", "self_distillation/reprompt_fraction",
                 "self_distillation/success_sample_fraction", "self_distillation/success_group_fraction",
                 "train/policy_loss", "train/distillation_loss", "train/is_ratio_mean", "train/is_clipped_fraction",

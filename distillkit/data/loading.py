@@ -7,13 +7,14 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 
 from distillkit.data.addition import addition_dataset
-from distillkit.data.hinted_tasks import addition_hinted_dataset, subtraction_dataset
+from distillkit.data.hinted_tasks import addition_hinted_dataset, maximum_dataset, subtraction_dataset
 from distillkit.models import ConfigError
 
 BUILTIN_TASKS = {
     "addition": addition_dataset,
     "addition_hinted": addition_hinted_dataset,
     "subtraction": subtraction_dataset,
+    "maximum": maximum_dataset,
 }
 FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
