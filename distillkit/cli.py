@@ -57,11 +57,11 @@ def train(cfg: DictConfig) -> None:
     print("\n" + format_summary(summary))
 
 
-SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server"}
+SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server", "compare": "distillkit.compare"}
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:  # `distillkit serve-teacher ...`: argparse, not Hydra
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:  # `distillkit serve-teacher|compare ...`: argparse, not Hydra
         import importlib
 
         sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
