@@ -123,11 +123,9 @@ def build_model(tokenizer, shape: dict, seed: int) -> Qwen2ForCausalLM:
 
 def encode(tokenizer, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
     """Right-padded `prompt + completion + eos` with labels on the completion and eos only (prompt masked)."""
-    vocab = tokenizer.get_vocab()
-    rows = [
-        ([vocab[c] for c in ex["prompt"]], [vocab[c] for c in ex["completion"]] + [tokenizer.eos_token_id])
-        for ex in examples
-    ]
+    prompts = tokenizer([ex["prompt"] for ex in examples], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([ex["completion"] for ex in examples], add_special_tokens=False)["input_ids"]
+    rows = [(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers, strict=True)]
     length = max(len(p) + len(a) for p, a in rows)
     input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)

@@ -31,24 +31,30 @@ import argparse
 import copy
 import math
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    GenerationConfig,
-    Qwen2Config,
-    Qwen2ForCausalLM,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO_ROOT))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared pieces of make_tiny_models.py
+
+from make_tiny_models import (  # noqa: E402  (same seeds, model config, encoding, metric, step and save)
+    build_model,
+    encode,
+    forced_exact_match,
+    pin_seeds,
+    save,
+    train_step,
+)
 
 from distillkit.data.addition import addition_dataset, addition_example  # noqa: E402
 from distillkit.data.char_tokenizer import build_char_tokenizer  # noqa: E402
@@ -95,41 +101,9 @@ SHAPE = dict(  # the shape of the tiny teacher
     intermediate_size=512,
 )
 HEAD_DIM = 32  # vLLM's CPU attention backend needs a supported head size
-MAX_FOLDER_BYTES = 10 * 1024 * 1024
 
 OUT_DIR = REPO_ROOT / "distillkit" / "assets" / "tiny"
 README_HEADING = "## The self-distillation model (`self/`)"
-
-
-def pin_seeds(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_model(tokenizer, seed: int) -> Qwen2ForCausalLM:
-    assert SHAPE["hidden_size"] // SHAPE["num_attention_heads"] == HEAD_DIM
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        max_window_layers=SHAPE["num_hidden_layers"],
-        dtype="float32",
-        **SHAPE,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).float()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-        max_new_tokens=MAX_NEW_TOKENS,
-    )
-    return model
 
 
 def with_hint(example: dict[str, str]) -> dict[str, str]:
@@ -138,25 +112,6 @@ def with_hint(example: dict[str, str]) -> dict[str, str]:
         "prompt": hinted_prompt(example["completion"], example["prompt"]),
         "completion": example["completion"],
     }
-
-
-def encode(tokenizer, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
-    """Right-padded `prompt + completion + eos` with labels on the completion and eos only (prompt masked)."""
-    vocab = tokenizer.get_vocab()
-    rows = [
-        ([vocab[c] for c in ex["prompt"]], [vocab[c] for c in ex["completion"]] + [tokenizer.eos_token_id])
-        for ex in examples
-    ]
-    length = max(len(p) + len(a) for p, a in rows)
-    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    labels = torch.full((len(rows), length), -100, dtype=torch.long)
-    for i, (p, a) in enumerate(rows):  # right padding: causal attention never lets real tokens see it
-        n = len(p) + len(a)
-        input_ids[i, :n] = torch.tensor(p + a)
-        attention_mask[i, :n] = 1
-        labels[i, len(p) : n] = torch.tensor(a)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 class MixtureStream:
@@ -218,22 +173,6 @@ def eval_sets() -> dict[str, list[dict[str, str]]]:
 
 
 @torch.no_grad()
-def forced_exact_match(model, encoded: dict[str, torch.Tensor]) -> float:
-    """Share of problems whose every answer token and eos is the argmax given the true prefix.
-
-    One forward pass; the same number as greedy exact match (greedy decoding stays on the true answer exactly
-    while each argmax is right), so it is cheap enough to run every few steps.
-    """
-    was_training = model.training
-    model.eval()
-    logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
-    model.train(was_training)
-    labels = encoded["labels"][:, 1:]
-    ok = (logits[:, :-1].argmax(-1) == labels) | (labels == -100)
-    return ok.all(-1).float().mean().item()
-
-
-@torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], num_samples: int = 0, batch_size: int = 500):
     """Greedy answers (num_samples=0), or `num_samples` answers per prompt sampled at temperature 1.
 
@@ -289,15 +228,6 @@ def make_optimizer(model, lr: float, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_step(model, optimizer, scheduler, batch) -> float:
-    loss = model(**batch).loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return loss.item()
-
-
 def train(tokenizer, held_out: dict[str, dict[str, torch.Tensor]], lr: float, mixture: dict[str, int]):
     """CE on the mixture until the first evaluation that meets every criterion (see the module docstring).
 
@@ -306,7 +236,7 @@ def train(tokenizer, held_out: dict[str, dict[str, torch.Tensor]], lr: float, mi
     after every step from there.
     """
     lo, hi = ADDITION_BAND
-    model = build_model(tokenizer, seed=SEED)
+    model = build_model(tokenizer, SHAPE, seed=SEED)
     model.train()
     optimizer, scheduler = make_optimizer(model, lr, MAX_STEPS)
     stream = MixtureStream(tokenizer, mixture)
@@ -353,24 +283,6 @@ def train(tokenizer, held_out: dict[str, dict[str, torch.Tensor]], lr: float, mi
             stream.set_state(stream_state)
             every = 1
     raise SystemExit(f"no evaluation met the criteria in {MAX_STEPS} steps")
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def save(model, tokenizer, folder: Path) -> int:
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    for f in folder.iterdir():  # safetensors writes 0600; make the shipped files readable by all
-        f.chmod(0o644)
-    size = folder_bytes(folder)
-    if size >= MAX_FOLDER_BYTES:
-        raise SystemExit(f"{folder} is {size} bytes, over the {MAX_FOLDER_BYTES} byte limit")
-    return size
 
 
 def readme_section(model, info: dict, size: int, lr: float, mixture: dict[str, int]) -> str:

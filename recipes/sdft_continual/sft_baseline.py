@@ -35,6 +35,9 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the
 from distillkit.data.addition import addition_dataset  # noqa: E402
 from distillkit.data.hinted_tasks import maximum_dataset, subtraction_dataset  # noqa: E402
 
+sys.path.insert(0, str(REPO_ROOT / "recipes"))
+from make_tiny_models import encode, greedy_exact_match  # noqa: E402  (the same encoding and metric as the models')
+
 MODEL_DIR = REPO_ROOT / "distillkit" / "assets" / "tiny" / "self"
 SEED = 0
 DATA_SEED = 0
@@ -43,53 +46,6 @@ EVAL_SIZE = 1000
 BETAS = (0.9, 0.98)
 WARMUP_STEPS = 10
 MAX_GRAD_NORM = 1.0
-MAX_NEW_TOKENS = 5  # longest answer "1998" + eos
-
-
-def encode(tokenizer, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
-    """Right-padded `prompt + completion + eos`, labels on the completion and eos only."""
-    rows = [
-        (
-            tokenizer(p, add_special_tokens=False)["input_ids"],
-            tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
-        )
-        for p, c in zip(prompts, completions, strict=True)
-    ]
-    length = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    labels = torch.full((len(rows), length), -100, dtype=torch.long)
-    for i, (p, c) in enumerate(rows):
-        n = len(p) + len(c)
-        input_ids[i, :n] = torch.tensor(p + c)
-        attention_mask[i, :n] = 1
-        labels[i, len(p) : n] = torch.tensor(c)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-@torch.no_grad()
-def greedy_exact_match(model, tokenizer, dataset, batch_size: int = 500) -> float:
-    """Greedy `generate`; a problem counts when the tokens before eos decode to `completion` and eos was made."""
-    was_training = model.training
-    model.eval()
-    eos = tokenizer.eos_token_id
-    correct = 0
-    for start in range(0, len(dataset), batch_size):
-        chunk = dataset[start : start + batch_size]
-        enc = tokenizer(chunk["prompt"], return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(
-            **enc,
-            do_sample=False,
-            max_new_tokens=MAX_NEW_TOKENS,
-            eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for row, target in zip(
-            out[:, enc["input_ids"].shape[1] :].tolist(), chunk["completion"], strict=True
-        ):
-            correct += eos in row and tokenizer.decode(row[: row.index(eos)]) == target
-    model.train(was_training)
-    return correct / len(dataset)
 
 
 def main() -> None:
@@ -153,7 +109,8 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         t_step = time.perf_counter()
         rows = train_set[(step - 1) * args.batch_size : step * args.batch_size]
-        loss = model(**encode(tokenizer, rows["prompt"], rows["completion"])).loss
+        loss = model(**encode(tokenizer, [{"prompt": p, "completion": c}
+                                              for p, c in zip(rows["prompt"], rows["completion"], strict=True)])).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
