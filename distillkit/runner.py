@@ -272,7 +272,8 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
                                    to_device(micro.old_logprobs, parts.device), method.epsilon, method.epsilon_high)
             out = parts.divergence(student_tokens, teacher_tokens, term, method.distillation_weight)
             (out.loss_sum / norm).backward()
-        micro.token_logprobs = out.token_logprobs.cpu()
+        if method.num_iterations > 1:  # the first step's become pi_old of the reuse steps to come
+            micro.token_logprobs = out.token_logprobs.cpu()
         loss = out.loss_sum.item() / norm
         metrics["train/loss"] += loss
         metrics["train/loss_on_policy" if micro.on_policy else "train/loss_off_policy"] += loss

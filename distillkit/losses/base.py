@@ -57,7 +57,7 @@ class TokenTerm(Protocol):
     It returns the per-token loss for `rows` and adds its statistics (sums over tokens) to `stats`.
     """
 
-    def __call__(self, token_logprobs: torch.Tensor, rows: slice, stats: dict[str, float]) -> torch.Tensor: ...
+    def __call__(self, token_logprobs: torch.Tensor, rows: slice, stats: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
 
 def clipped_importance_ratio(token_logprobs: torch.Tensor, old_logprobs: torch.Tensor, clip: float) -> torch.Tensor:
@@ -96,7 +96,7 @@ class Divergence:
 
         `teacher=None` (SDPO with w=0) drops the distillation term; the teacher was never asked.
         """
-        stats = {"kl": 0.0, "entropy": 0.0}
+        stats: dict[str, torch.Tensor] = {}  # sums kept on the device: one host sync per statistic, at the end
         token_logprobs = torch.empty(student.targets.shape[0], dtype=torch.float32, device=student.hidden.device)
         weight_of = {"distillation": distillation_weight if teacher is not None else 0.0,
                      "policy": 1.0 - distillation_weight if token_term is not None else 0.0}
@@ -130,8 +130,10 @@ class Divergence:
             return loss
 
         loss = chunked_head_loss(student.hidden, student.head_weight, chunk_loss, self.chunk_size)
-        return LossOutput(loss, stats, token_logprobs)
+        sums = {"kl": 0.0, "entropy": 0.0, **{key: float(value) for key, value in stats.items()}}
+        return LossOutput(loss, sums, token_logprobs)
 
 
-def add(stats: dict[str, float], key: str, value: torch.Tensor) -> None:
-    stats[key] = stats.get(key, 0.0) + float(value.detach())
+def add(stats: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    value = value.detach().double()
+    stats[key] = stats[key] + value if key in stats else value

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from distillkit.losses.base import add
+
 
 class PPOClipTerm:
     def __init__(
@@ -21,7 +23,7 @@ class PPOClipTerm:
         self.old_logprobs = old_logprobs  # [N] or None (fresh rollout)
         self.epsilon, self.epsilon_high = float(epsilon), float(epsilon_high)
 
-    def __call__(self, token_logprobs: torch.Tensor, rows: slice, stats: dict[str, float]) -> torch.Tensor:
+    def __call__(self, token_logprobs: torch.Tensor, rows: slice, stats: dict[str, torch.Tensor]) -> torch.Tensor:
         old = token_logprobs.detach() if self.old_logprobs is None else self.old_logprobs[rows]
         advantages = self.advantages[rows].to(token_logprobs.dtype)
         ratio = torch.exp(token_logprobs - old)
@@ -29,6 +31,6 @@ class PPOClipTerm:
         per_token = -torch.minimum(ratio * advantages, clipped * advantages)
         with torch.no_grad():
             active = ((ratio < 1 - self.epsilon) & (advantages < 0)) | ((ratio > 1 + self.epsilon_high) & (advantages > 0))
-            stats["policy_clipped"] = stats.get("policy_clipped", 0.0) + float(active.sum())
-            stats["policy_ratio"] = stats.get("policy_ratio", 0.0) + float(ratio.sum())
+            add(stats, "policy_clipped", active.sum())
+            add(stats, "policy_ratio", ratio.sum())
         return per_token

@@ -166,9 +166,9 @@ class SDPO(SelfDistillationMethod):
         seq_rows = grouped(rows, g)
         local_rewards, reward_means = self.score(seq_rows, completions, ctx.tokenizer)
         # Advantages and reprompting need whole groups: computed on the batch gathered across processes.
-        all_rewards, mine = gather_lists(local_rewards.tolist())
-        all_completions, _ = gather_lists(completions)
-        all_feedback, _ = gather_lists([r.get("privileged_context") for r in seq_rows])
+        gathered, mine = gather_lists(list(zip(local_rewards.tolist(), completions,
+                                               [r.get("privileged_context") for r in seq_rows], strict=True)))
+        all_rewards, all_completions, all_feedback = (list(column) for column in zip(*gathered, strict=True))
         rewards = torch.tensor(all_rewards)
         advantages, group_std = group_advantages(rewards, g, self.scale_rewards)
         demos = (demonstration_indices(all_rewards, g, self.success_reward_threshold,
