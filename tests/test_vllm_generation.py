@@ -29,6 +29,11 @@ def parts(compose_cfg):
     built.generator.close()
 
 
+def train_three_steps(built, prepared) -> None:
+    for step in range(3):
+        optimizer_step(built, prepared.train_rows[step * 4: step * 4 + 4], step, StepClock())
+
+
 def greedy(generator, rows):
     return generator.generate([r["prompt_ids"] for r in rows], n=1, greedy=True)
 
@@ -40,8 +45,7 @@ def test_greedy_vllm_equals_greedy_hf_and_follows_the_weights(parts):
     rows = prepared.train_rows[:16]
     before = greedy(built.generator, rows)
     assert before == greedy(hf, rows)
-    for step in range(3):  # train, and let the loop push the weights after every step
-        optimizer_step(built, prepared.train_rows[step * 4: step * 4 + 4], step, StepClock())
+    train_three_steps(built, prepared)  # the loop pushes the weights after every step (unless sync_every)
     after_hf = greedy(hf, rows)
     assert after_hf != before  # the weights moved enough to change greedy outputs
     assert greedy(built.generator, rows) == after_hf
@@ -54,8 +58,7 @@ def test_sync_every_delays_the_push(compose_cfg):
     try:
         rows = prepared.train_rows[:16]
         before = greedy(built.generator, rows)
-        for step in range(3):
-            optimizer_step(built, prepared.train_rows[step * 4: step * 4 + 4], step, StepClock())
+        train_three_steps(built, prepared)
         assert greedy(built.generator, rows) == before  # not pushed yet
         built.generator.sync(built.student, force=True)
         assert greedy(built.generator, rows) == greedy(HFGenerator(max_completion_length=5).bind(
@@ -100,8 +103,7 @@ def test_lora_weights_are_pushed_merged(compose_cfg):
     try:
         rows = prepared.train_rows[:16]
         before = greedy(built.generator, rows)
-        for step in range(3):
-            optimizer_step(built, prepared.train_rows[step * 4: step * 4 + 4], step, StepClock())
+        train_three_steps(built, prepared)
         hf = greedy(HFGenerator(max_completion_length=5).bind(built.student, built.tokenizer), rows)
         assert hf != before
         assert greedy(built.generator, rows) == hf

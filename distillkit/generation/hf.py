@@ -5,6 +5,15 @@ from __future__ import annotations
 import torch
 
 
+def end_token_ids(model: torch.nn.Module, tokenizer) -> set[int]:
+    """The tokenizer's end token and any the model's generation config adds (chat models often have several)."""
+    ids = set()
+    for eos in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if eos is not None:
+            ids |= set(eos if isinstance(eos, list) else [eos])
+    return ids
+
+
 def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     """Keep the tokens up to and including the first end token; drop what follows (padding)."""
     for i, tok in enumerate(tokens):
@@ -33,11 +42,7 @@ class HFGenerator:
 
     def bind(self, model: torch.nn.Module, tokenizer) -> HFGenerator:
         self.model, self.tokenizer = model, tokenizer
-        eos = tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        if gen_eos is not None:
-            self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_ids = end_token_ids(model, tokenizer)
         return self
 
     def sync(self, model: torch.nn.Module, force: bool = False) -> None:

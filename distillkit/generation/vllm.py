@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from distillkit.generation.hf import cut_at_eos
+from distillkit.generation.hf import cut_at_eos, end_token_ids
 from distillkit.models import ConfigError
 
 CPU_HEAD_DIMS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)  # vLLM's CPU attention refuses others (16 was seen)
@@ -108,8 +108,7 @@ class VLLMGenerator:
         if not on_cuda:
             kwargs.pop("gpu_memory_utilization")
         self.llm = LLM(model=source, tokenizer=source, skip_tokenizer_init=False, **kwargs)
-        eos = tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = end_token_ids(model, tokenizer)  # the same stops as generation=hf
         self.push_weights()
         return self
 
