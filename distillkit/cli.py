@@ -38,15 +38,18 @@ def format_summary(summary) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
-def train(cfg: DictConfig) -> None:
+def train(cfg: DictConfig) -> float:
+    """The Hydra task. Returns the final held-out accuracy: the objective a sweeper (Optuna) maximizes."""
     from hydra.core.hydra_config import HydraConfig
 
     from distillkit.runner import run
     from distillkit.serve.client import TeacherError
+    from distillkit.sweep import current_sweep_job
 
     hydra_cfg = HydraConfig.get()
     try:
-        summary = run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+        summary = run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task),
+                      current_sweep_job(hydra_cfg))
     except ConfigError as err:
         print(f"distillkit: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -55,7 +58,10 @@ def train(cfg: DictConfig) -> None:
               file=sys.stderr)
         sys.exit(3)
     print("\n" + format_summary(summary))
+    return summary.student_accuracy[-1]
 
+
+register_resolvers()  # at import: a submitit job unpickles `train` and composes its config in a fresh process
 
 SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server", "compare": "distillkit.compare"}
 
@@ -69,7 +75,6 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars would bury the training bar
-    register_resolvers()
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train)()
 
 

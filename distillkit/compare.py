@@ -4,6 +4,7 @@ of chosen metric curves.
     distillkit compare                                   # the `distillkit` experiment in outputs/mlflow.db
     distillkit compare --experiment sdpo_vs_grpo --metric eval/accuracy --metric rewards/mean --plot curves.png
     distillkit compare --filter "tags.method = 'sdpo'" --tracking-uri http://127.0.0.1:5000
+    distillkit compare --sweep latest                    # the jobs of the newest sweep (`distillkit -m ...`)
 """
 
 from __future__ import annotations
@@ -65,12 +66,29 @@ def plot(client, runs: list, metrics: list[str], path: str) -> None:
     plt.close(fig)
 
 
+def sweep_filter(client, experiment_id: str, sweep: str) -> str:
+    """`latest`, a parent run id or a sweep folder -> an MLflow filter for that sweep's job runs."""
+    from distillkit.sweep import SWEEP_KIND
+
+    if sweep == "latest" or os.path.isdir(sweep):
+        where = f"tags.`distillkit.kind` = '{SWEEP_KIND}'"
+        if sweep != "latest":
+            where += f" and tags.`distillkit.sweep_dir` = '{os.path.abspath(sweep)}'"
+        parents = client.search_runs([experiment_id], filter_string=where, order_by=["start_time DESC"],
+                                     max_results=1)
+        if not parents:
+            raise LookupError(f"no sweep matches {sweep!r} (sweeps are the runs of `distillkit -m ...`)")
+        sweep = parents[0].info.run_id
+    return f"tags.mlflow.parentRunId = '{sweep}'"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="distillkit compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", default="sqlite:///" + os.path.abspath("outputs/mlflow.db"))
     parser.add_argument("--experiment", default="distillkit")
     parser.add_argument("--filter", default="", help="an MLflow filter string, e.g. \"tags.method = 'gkd'\"")
+    parser.add_argument("--sweep", help="only the jobs of one sweep: `latest`, its parent run id or its folder")
     parser.add_argument("--metric", action="append", help="a metric to plot (repeatable); default eval/accuracy")
     parser.add_argument("--plot", default="compare.png", help="where to write the PNG of the curves")
     args = parser.parse_args(argv)
@@ -84,9 +102,17 @@ def main(argv: list[str]) -> int:
     if experiment is None:
         print(f"distillkit compare: no experiment {args.experiment!r} at {args.tracking_uri}", file=sys.stderr)
         return 2
-    runs = client.search_runs([experiment.experiment_id], filter_string=args.filter, order_by=["start_time ASC"])
+    where = args.filter
+    if args.sweep:
+        try:
+            where = " and ".join(w for w in (sweep_filter(client, experiment.experiment_id, args.sweep), where) if w)
+        except LookupError as err:
+            print(f"distillkit compare: {err}", file=sys.stderr)
+            return 2
+    runs = client.search_runs([experiment.experiment_id], filter_string=where, order_by=["start_time ASC"])
+    runs = [r for r in runs if r.data.tags.get("distillkit.kind") != "sweep"]  # a sweep's parent has no curves
     if not runs:
-        print(f"distillkit compare: no runs in {args.experiment!r} match {args.filter!r}", file=sys.stderr)
+        print(f"distillkit compare: no runs in {args.experiment!r} match {where!r}", file=sys.stderr)
         return 2
     print(table(runs, differing_params(runs)))
     plot(client, runs, args.metric or ["eval/accuracy"], args.plot)

@@ -48,7 +48,9 @@ from distillkit.models import (
     load_tokenizer,
     shared_vocab_size,
 )
+from distillkit.preemption import PreemptionGuard
 from distillkit.serve.client import TeacherError
+from distillkit.sweep import SweepJob
 from distillkit.teachers.in_process import TeacherGenerator
 from distillkit.tracking import Tracker
 from distillkit.validation import SUFFIXES, choice, loss_mode, resolve_device, validate
@@ -325,19 +327,21 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
     return metrics
 
 
-def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> Summary:
+def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None, sweep: SweepJob | None = None
+        ) -> Summary:
     prepared = prepare(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     parts = build(cfg, prepared)
     try:
-        return train(cfg, output_dir, overrides, prepared, parts)
+        with PreemptionGuard() as guard:
+            return train(cfg, output_dir, overrides, prepared, parts, sweep, guard)
     finally:
         if hasattr(parts.generator, "close"):  # a colocated vLLM engine holds memory until shut down
             parts.generator.close()
 
 
-def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepared: Prepared, parts: Parts
-          ) -> Summary:
+def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepared: Prepared, parts: Parts,
+          sweep: SweepJob | None = None, guard: PreemptionGuard | None = None) -> Summary:
     eval_rows = prepared.eval_rows
     greedy_student = HFGenerator(max_completion_length=cfg.train.max_completion_length).bind(
         parts.student, parts.tokenizer)
@@ -359,7 +363,7 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
         parts.generator.sync(parts.student, force=True)  # a separate engine (vLLM) gets the resumed weights
         start_step = state["step"]
     tracker = Tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
-    tracker.start(cfg, overrides or [], output_dir, run_tags(cfg))
+    tracker.start(cfg, overrides or [], output_dir, run_tags(cfg), sweep)
     if resume_from is not None:
         summary = state["summary"]
         set_rng_state(state["rng"])  # last, so nothing between here and the loop draws from the restored streams
@@ -408,6 +412,11 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
             tracker.log(evaluate_student(), step=done)
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
             checkpoint(done)
+        if guard is not None and done != cfg.train.steps and guard.requested:  # SLURM preemption or timeout
+            checkpoint(done)
+            tracker.end(status="KILLED")  # reopened (same run id) by the resumed job
+            progress.close()
+            guard.hand_over(done)
     progress.close()
 
     # ---- finish

@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from distillkit.sweep import JOB_KIND, SINGLE_KIND, SweepJob
+
 MAX_PARAM_CHARS = 6000
 
 
@@ -31,7 +33,9 @@ class Tracker:
         self.run_name = run_name
         self.run_id: str | None = None
 
-    def start(self, cfg: DictConfig, overrides: list[str], output_dir: Path, tags: dict[str, str]) -> None:
+    def start(self, cfg: DictConfig, overrides: list[str], output_dir: Path, tags: dict[str, str],
+              sweep: SweepJob | None = None) -> None:
+        """Open (or, after a resume or a requeue, reopen) the job's run; a sweep's job nests under its parent."""
         if not self.enabled:
             return
         import mlflow
@@ -41,12 +45,19 @@ class Tracker:
         id_file = output_dir / "mlflow_run_id"
         resumed = id_file.exists()
         run_name = self.run_name or default_run_name(tags)
-        run = mlflow.start_run(run_id=id_file.read_text().strip() if resumed else None, run_name=run_name)
+        parent = sweep.parent_run_id if sweep is not None and not resumed else None
+        run = mlflow.start_run(run_id=id_file.read_text().strip() if resumed else None, run_name=run_name,
+                               parent_run_id=parent)
         self.run_id = run.info.run_id
         if resumed:
             mlflow.set_tag("distillkit.resumed", "true")
             return
         id_file.write_text(self.run_id)
+        if sweep is None:
+            tags = {**tags, "distillkit.kind": SINGLE_KIND}
+        else:
+            tags = {**tags, "distillkit.kind": JOB_KIND, "distillkit.sweep_dir": sweep.sweep_dir,
+                    "distillkit.job_num": str(sweep.job_num)}
         resolved = OmegaConf.to_container(cfg, resolve=True)
         params = list(flatten(resolved).items())
         for start in range(0, len(params), 100):

@@ -1,0 +1,149 @@
+"""Hydra multirun sweeps as a user runs them: `distillkit -m ...` with the basic launcher and with submitit's
+local launcher, one MLflow parent run per sweep with a child run per job, and preemption (SIGUSR2 / SIGTERM)
+answered by a checkpoint, a requeue and a resume that keeps the job's MLflow run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+DISTILLKIT = shutil.which("distillkit") or str(Path(sys.executable).parent / "distillkit")
+TINY = ["train.batch_size=8", "train.eval_every=0", "data.num_eval=16", "data.num_train=64", "train.save_every=0"]
+
+
+def distillkit(args: list[str], cwd: Path, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([DISTILLKIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+                          **kwargs)
+
+
+def runs_of(cwd: Path) -> tuple[object, list]:
+    client = MlflowClient(f"sqlite:///{cwd}/outputs/mlflow.db")
+    experiment = client.get_experiment_by_name("distillkit")
+    return client, client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])
+
+
+def parent_and_children(runs: list) -> tuple[object, list]:
+    parents = [r for r in runs if r.data.tags.get("distillkit.kind") == "sweep"]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], children
+
+
+@pytest.mark.slow
+def test_a_multirun_is_one_parent_run_with_a_tagged_child_per_job(tmp_path):
+    single = distillkit(["train.steps=2", *TINY], tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    out = distillkit(["-m", "loss=topk,sampled", "train.steps=2", *TINY], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    client, runs = runs_of(tmp_path)
+    parent, children = parent_and_children(runs)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["distillkit.sweep_overrides"].startswith("loss=topk,sampled")
+    assert len(children) == 2
+    assert sorted(c.data.tags["loss"] for c in children) == ["sampled", "topk"]
+    for child in children:
+        tags = child.data.tags
+        assert tags["distillkit.kind"] == "sweep_job" and tags["method"] == "gkd" and tags["teacher"] == "live"
+        assert tags["generation"] == "hf" and tags["override.loss"] == tags["loss"]
+        assert tags["distillkit.sweep_dir"] == parent.data.tags["distillkit.sweep_dir"]
+        assert {"train/loss", "eval/accuracy"} <= set(child.data.metrics)
+    singles = [r for r in runs if r.data.tags.get("distillkit.kind") == "single"]
+    assert len(singles) == 1 and "mlflow.parentRunId" not in singles[0].data.tags  # told apart from sweep jobs
+
+    table = distillkit(["compare", "--sweep", "latest", "--plot", str(tmp_path / "c.png")], tmp_path, timeout=120)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.splitlines()[1:3]
+    assert all(child.info.run_id[:6] in table.stdout for child in children) and "loss._target_" in table.stdout
+    assert singles[0].info.run_id[:6] not in table.stdout and len(rows) == 2
+
+
+def job_processes(sweep_root: Path) -> list[int]:
+    """The pids of submitit's local job processes of this test's sweep (not their controllers)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "submitit.core._submit" in cmdline and str(sweep_root) in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_submitit_local_jobs_requeue_on_preemption_and_resume_their_mlflow_run(tmp_path):
+    steps = 40
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [DISTILLKIT, "-m", "hydra/launcher=local", "train.seed=0,1", f"train.steps={steps}", *TINY,
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.time() + 180
+        while not all((sweep_dir / str(n) / "mlflow_run_id").exists() for n in (0, 1)):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.5)
+        pids = job_processes(sweep_dir)
+        assert len(pids) == 2, pids
+        run_ids = {n: (sweep_dir / str(n) / "mlflow_run_id").read_text() for n in (0, 1)}
+        for pid in pids:
+            os.kill(pid, signal.SIGUSR2)  # what SLURM sends signal_delay_s before preemption or the time limit
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+
+    logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.*"))
+    assert logs.count("requeueing through submitit") == 2, logs[-3000:]
+    assert logs.count("Resumed from") == 2, logs[-3000:]
+    client, runs = runs_of(tmp_path)
+    _, children = parent_and_children(runs)
+    assert sorted(c.info.run_id for c in children) == sorted(run_ids.values())  # requeued jobs kept their runs
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["distillkit.resumed"] == "true"
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == list(range(1, steps + 1))  # every step logged exactly once
+
+
+@pytest.mark.slow
+def test_sigterm_outside_submitit_checkpoints_exits_and_the_rerun_resumes_the_same_mlflow_run(tmp_path):
+    steps = 40
+    out_dir = tmp_path / "run"
+    args = [f"train.steps={steps}", *TINY, f"hydra.run.dir={out_dir}"]
+    proc = subprocess.Popen([DISTILLKIT, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while not (out_dir / "mlflow_run_id").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "rerun the same command to resume" in output
+    assert list((out_dir / "checkpoints").glob("step_*"))
+    run_id = (out_dir / "mlflow_run_id").read_text()
+
+    again = distillkit(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resumed from" in again.stdout and run_id in again.stdout
+    client, runs = runs_of(tmp_path)
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, steps + 1))
