@@ -1,0 +1,78 @@
+"""A real SLURM sweep: `distillkit -m ... hydra/launcher=slurm` on the one-node cluster that `.ci/slurm-up.sh`
+starts. Two jobs run as a job array; one is preempted (SIGUSR2, what SLURM sends before preemption), checkpoints,
+requeues itself, resumes and keeps its MLflow run. Both child runs end in MLflow with their metrics.
+
+Skipped where no SLURM controller answers; `.ci/run` brings one up and runs `pytest -m slurm`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_sweeps import DISTILLKIT, TINY, parent_and_children, runs_of
+
+
+def controller_up() -> bool:
+    if shutil.which("scontrol") is None:
+        return False
+    return subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("is UP") > 0
+
+
+pytestmark = [pytest.mark.slurm,
+              pytest.mark.skipif(not controller_up(), reason="no SLURM controller (run .ci/slurm-up.sh)")]
+
+
+def array_tasks() -> dict[str, str]:
+    """Running or pending tasks of this cluster's jobs: `<array id>_<index>` -> state."""
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, check=True)
+    return dict(line.split() for line in out.stdout.splitlines() if line.strip())
+
+
+def test_slurm_sweep_with_a_preempted_job_lands_both_child_runs_in_mlflow(tmp_path):
+    steps = 40
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [DISTILLKIT, "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=4", "hydra.launcher.timeout_min=30", "train.seed=0,1", f"train.steps={steps}", *TINY,
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.time() + 240
+        while not (sweep_dir / "0" / "mlflow_run_id").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.5)
+        job = next(task for task in array_tasks() if task.endswith("_0"))
+        run_id = (sweep_dir / "0" / "mlflow_run_id").read_text()
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        while True:  # a requeued job waits ~120 s for its begin time; release it at once
+            assert proc.poll() is None and time.time() < deadline + 240, proc.communicate()[0][-3000:]
+            info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+            if "Restarts=1" in info:
+                if "JobState=PENDING" in info:
+                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+                break
+            time.sleep(0.5)
+        output, _ = proc.communicate(timeout=480)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+
+    logs = "".join(p.read_text() for p in Path(sweep_dir).glob(".submitit/*/*_log.*"))
+    assert "requeueing through submitit" in logs and "Resumed from" in logs, logs[-3000:]
+    client, runs = runs_of(tmp_path)
+    parent, children = parent_and_children(runs)
+    assert parent.data.tags["distillkit.launcher"] == "slurm" and parent.info.status == "FINISHED"
+    assert len(children) == 2 and run_id in {c.info.run_id for c in children}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {"train/loss", "eval/accuracy", "summary/tokens_per_s"} <= set(child.data.metrics)
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == list(range(1, steps + 1))
+        assert (child.data.tags.get("distillkit.resumed") == "true") == (child.info.run_id == run_id)
