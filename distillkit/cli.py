@@ -57,7 +57,8 @@ def train(cfg: DictConfig) -> float:
         print(f"distillkit: error: {err}\nA checkpoint was written; rerun the same command to resume.",
               file=sys.stderr)
         sys.exit(3)
-    print("\n" + format_summary(summary))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
+        print("\n" + format_summary(summary))
     return summary.student_accuracy[-1]
 
 

@@ -29,8 +29,17 @@ from distillkit.checkpoint import (
     set_rng_state,
     trainable_state,
 )
-from distillkit.data.loading import load_examples, require_columns, tokenize
-from distillkit.distributed import all_reduce_sum
+from distillkit.data.loading import load_split, require_columns, tokenize
+from distillkit.distributed import (
+    ProcessInfo,
+    all_reduce_gradients,
+    all_reduce_sum,
+    barrier,
+    gather_lists,
+    init_distributed,
+    same_on_every_process,
+    sum_across_processes,
+)
 from distillkit.evaluation import exact_match, teacher_forced_kl
 from distillkit.generation import HFGenerator
 from distillkit.generation.vllm import check_servable
@@ -96,9 +105,9 @@ class StepSampler:
 
 def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, method):
     needs_completions = method.needs_dataset_completions
-    train_set = load_examples(cfg.data.train, cfg.data.split, cfg.data.num_train, cfg.data.seed)
+    train_set = load_split(cfg.data, "train")
     require_columns(train_set, needs_completions, "training", method.required_columns())
-    eval_set = load_examples(cfg.data.eval, cfg.data.eval_split, cfg.data.num_eval, cfg.data.eval_seed)
+    eval_set = load_split(cfg.data, "eval")
     require_columns(eval_set, False, "evaluation")
     train_rows = tokenize(train_set, tokenizer, max_prompt_length, needs_completions, "training")
     eval_rows = tokenize(eval_set, tokenizer, max_prompt_length, True, "evaluation")
@@ -199,13 +208,17 @@ class Parts:
     generator: object
     teacher_generator: object
     params: list
+    process: ProcessInfo
     optimizer: torch.optim.Optimizer
     scheduler: object
 
 
-def build(cfg: DictConfig, prepared: Prepared) -> Parts:
+def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = None) -> Parts:
+    process = process or ProcessInfo()
     device = resolve_device(cfg.device)
-    seed_everything(cfg.train.seed)
+    if device.type == "cuda" and process.world_size > 1:
+        device = torch.device("cuda", process.local_rank)
+    seed_everything(cfg.train.seed)  # the same on every process: the LoRA initialization must agree
     tokenizer, method, teacher = prepared.tokenizer, prepared.method, prepared.teacher
     student = load_causal_lm(cfg.model.student, cfg.model.dtype, device, cfg.model.trust_remote_code,
                              cfg.model.get("attn_implementation"))
@@ -224,7 +237,7 @@ def build(cfg: DictConfig, prepared: Prepared) -> Parts:
         divergence=instantiate(cfg.loss, beta=method.beta, temperature=method.temperature),
         generator=instantiate(cfg.generation).bind(student, tokenizer),
         teacher_generator=teacher_generator(cfg, teacher, tokenizer),
-        params=params, optimizer=optimizer,
+        params=params, process=process, optimizer=optimizer,
         scheduler=get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                 num_training_steps=cfg.train.steps),
     )
@@ -281,6 +294,10 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
         metrics["train/loss_on_policy" if micro.on_policy else "train/loss_off_policy"] += loss
         for key, value in out.stats.items():
             sums[key] = sums.get(key, 0.0) + value
+    summed = sum_across_processes({**{k: metrics[k] for k in ("train/loss", "train/loss_on_policy",
+                                                                 "train/loss_off_policy")}, **sums})
+    metrics.update({k: summed[k] for k in ("train/loss", "train/loss_on_policy", "train/loss_off_policy")})
+    sums = {k: v for k, v in summed.items() if not k.startswith("train/")}
     token_norm = max(metrics["train/tokens"], 1)
     metrics["train/kl"] = sums.get("kl", 0.0) / norm
     metrics["train/entropy"] = sums.get("entropy", 0.0) / token_norm
@@ -309,6 +326,7 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
         micros = parts.method.micro_batches(step, rows, context)
     metrics = accumulate_gradients(parts, micros, clock)
     with clock("update"):
+        all_reduce_gradients(parts.params)  # the sum over processes is the whole step's gradient
         grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, cfg.train.max_grad_norm)
         parts.optimizer.step()
         parts.scheduler.step()
@@ -329,9 +347,13 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
 
 def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None, sweep: SweepJob | None = None
         ) -> Summary:
+    process = init_distributed(on_cpu=resolve_device(cfg.device).type == "cpu")
+    output_dir = Path(same_on_every_process(str(output_dir)))  # one folder: the checkpoints to resume from
     prepared = prepare(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
-    parts = build(cfg, prepared)
+    parts = build(cfg, prepared, process)
+    if process.rank:  # each process samples its own rollouts
+        seed_everything(cfg.train.seed + 1_000_003 * process.rank)
     try:
         with PreemptionGuard() as guard:
             return train(cfg, output_dir, overrides, prepared, parts, sweep, guard)
@@ -359,14 +381,15 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
         parts.optimizer.load_state_dict(state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
         parts.teacher.load_state_dict(state["teacher"])
-        parts.method.load_state_dict(state.get("method", {}))
+        parts.method.load_state_dict(own_share(state, "method", parts.process) or {})
         parts.generator.sync(parts.student, force=True)  # a separate engine (vLLM) gets the resumed weights
         start_step = state["step"]
-    tracker = Tracker(cfg.tracking.enabled, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
+    main = parts.process.is_main  # one process tracks, checkpoints and saves; all of them train and evaluate
+    tracker = Tracker(cfg.tracking.enabled and main, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
     tracker.start(cfg, overrides or [], output_dir, run_tags(cfg), sweep)
     if resume_from is not None:
         summary = state["summary"]
-        set_rng_state(state["rng"])  # last, so nothing between here and the loop draws from the restored streams
+        set_rng_state(own_share(state, "rng", parts.process))  # last: nothing before the loop draws from them
         print(f"Resumed from {resume_from} (step {start_step}).")
     else:
         summary = Summary()
@@ -382,22 +405,29 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
     train_rows = prepared.train_rows
     # Rows per step: prompts, each sampled num_generations times; a rollout batch serves num_iterations steps.
     prompts_per_step = parts.method.prompts_per_step(cfg.train.batch_size * cfg.train.gradient_accumulation_steps)
-    sampler = StepSampler(len(train_rows), prompts_per_step, cfg.data.seed)
+    world, rank = parts.process.world_size, parts.process.rank
+    sampler = StepSampler(len(train_rows), prompts_per_step * world, cfg.data.seed)  # each process takes a share
     iterations = parts.method.num_iterations
     clock = StepClock()
     progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
-                    desc=f"{choice(cfg, 'method')} {loss_mode(cfg)}", dynamic_ncols=True)
+                    desc=f"{choice(cfg, 'method')} {loss_mode(cfg)}", dynamic_ncols=True, disable=not main)
     def checkpoint(step: int, rng: dict | None = None, method_state: dict | None = None) -> None:
-        save_checkpoint(checkpoints, step, {
-            "model": trainable_state(parts.student), "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(), "teacher": parts.teacher.state_dict(), "summary": summary,
-            "method": parts.method.state_dict() if method_state is None else method_state,
-        }, keep_last=cfg.train.keep_checkpoints, rng=rng)
+        # Every process's RNG streams and method state (its rollout buffer), so each one resumes exactly.
+        rngs, _ = gather_lists([rng or rng_state()])
+        methods, _ = gather_lists([parts.method.state_dict() if method_state is None else method_state])
+        if main:
+            save_checkpoint(checkpoints, step, {
+                "model": trainable_state(parts.student), "optimizer": parts.optimizer.state_dict(),
+                "scheduler": parts.scheduler.state_dict(), "teacher": parts.teacher.state_dict(), "summary": summary,
+                "method": methods[0], "method_per_process": methods, "rng_per_process": rngs,
+            }, keep_last=cfg.train.keep_checkpoints, rng=rngs[0])
+        barrier()
 
     for step in progress:
         step_rng, step_method = rng_state(), dict(parts.method.state_dict())
         try:
-            rows = [train_rows[i] for i in sampler.indices(step // iterations)]
+            indices = sampler.indices(step // iterations)[rank * prompts_per_step : (rank + 1) * prompts_per_step]
+            rows = [train_rows[i] for i in indices]
             metrics = optimizer_step(parts, rows, step, clock)
         except TeacherError:
             parts.optimizer.zero_grad(set_to_none=True)
@@ -412,10 +442,12 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
             tracker.log(evaluate_student(), step=done)
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
             checkpoint(done)
-        if guard is not None and done != cfg.train.steps and guard.requested:  # SLURM preemption or timeout
+        stop = guard is not None and sum_across_processes({"stop": float(guard.requested)})["stop"] > 0
+        if stop and done != cfg.train.steps:  # SLURM preemption or timeout; every process stops at the same step
             checkpoint(done)
             tracker.end(status="KILLED")  # reopened (same run id) by the resumed job
             progress.close()
+            barrier()
             guard.hand_over(done)
     progress.close()
 
@@ -427,13 +459,29 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
     summary.tokens_per_s = clock.tokens_per_s()
     summary.steps = cfg.train.steps
     final_dir = output_dir / "final_model"
-    parts.student.save_pretrained(final_dir)
-    parts.tokenizer.save_pretrained(final_dir)
+    if main:
+        parts.student.save_pretrained(final_dir)
+        parts.tokenizer.save_pretrained(final_dir)
+    barrier()
     summary.final_model_dir = str(final_dir)
     tracker.set_tags({"distillkit.final_model": str(final_dir.resolve())})
     tracker.log({"summary/tokens_per_s": summary.tokens_per_s}, step=cfg.train.steps)
     tracker.end()
     return summary
+
+
+def own_share(state: dict, key: str, process: ProcessInfo):
+    """This process's entry of a checkpoint's per-process `key` (rng, method). A checkpoint from another number
+    of processes cannot hand each one its own streams: refuse rather than resume inexactly."""
+    shares = state.get(f"{key}_per_process")
+    if shares is None:  # written by one process
+        shares = [state.get(key)]
+    if len(shares) != process.world_size:
+        raise ConfigError(
+            f"The checkpoint was written by {len(shares)} process(es) and this run has {process.world_size}. Resume "
+            "with the same number of processes, or start a fresh run (train.resume=false or another output folder)."
+        )
+    return shares[process.rank]
 
 
 def evaluate(parts: Parts, greedy_student, eval_rows: list[dict]) -> dict[str, float]:

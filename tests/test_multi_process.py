@@ -1,0 +1,158 @@
+"""Two real gloo processes against one process with the same global batch.
+
+- One optimizer step's loss and gradients match (off-policy rows, so both see the same tokens).
+- `torchrun` (what `accelerate launch` runs on GPUs) of the CLI trains to the same final weights as one process.
+- On-policy draws agree across processes, each process rolls out its own prompts, and SDPO's rewards are the same
+  on every process (they are computed on the gathered batch).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+# `accelerate launch` runs one process on CPU unless MPI is installed; on GPUs it runs torchrun (its
+# multi_gpu_launcher), which is what this test launches directly.
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_step(rank: int, world: int, port: int, cfg_dict: dict, num_rows: int, out: dict) -> None:
+    """Build the run's parts, give this process its share of `num_rows` rows, and run one step's backward."""
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from distillkit.distributed import all_reduce_gradients, init_distributed
+    from distillkit.methods import RolloutContext
+    from distillkit.runner import accumulate_gradients, build, prepare, seed_everything
+
+    try:
+        cfg = OmegaConf.create(cfg_dict)
+        process = init_distributed(on_cpu=True)
+        assert (process.rank, process.world_size) == (rank, world)
+        parts = build(cfg, prepare(cfg), process)
+        seed_everything(cfg.train.seed + 1_000_003 * rank)
+        share = num_rows // world
+        rows = parts.method.prompts_per_step(cfg.train.batch_size * cfg.train.gradient_accumulation_steps)
+        assert rows == share
+        mine = [dict(r) for r in parts_rows(cfg, parts, num_rows)[rank * share : (rank + 1) * share]]
+        ctx = RolloutContext(parts.generator, parts.teacher_generator, parts.tokenizer,
+                             cfg.train.gradient_accumulation_steps, cfg.train.seed)
+        micros = parts.method.micro_batches(0, mine, ctx)
+        metrics = accumulate_gradients(parts, micros)
+        all_reduce_gradients(parts.params)
+        out[rank] = {
+            "loss": metrics["train/loss"], "tokens": metrics["train/tokens"],
+            "grads": {n: p.grad.clone() for n, p in parts.student.named_parameters() if p.grad is not None},
+            "plan": [m.on_policy for m in micros],
+            "prompts": [tuple(r["prompt_ids"]) for m in micros for r in m.rows],
+            "method_metrics": parts.method.metrics(),
+        }
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def parts_rows(cfg, parts, num_rows: int) -> list[dict]:
+    from distillkit.data.loading import load_examples, tokenize
+
+    data = load_examples(cfg.data.train, cfg.data.split, num_rows, cfg.data.seed)
+    return tokenize(data, parts.tokenizer, 64, True, "training")
+
+
+def run_both(cfg_single: dict | None, cfg_multi: dict, num_rows: int) -> tuple[dict, dict]:
+    manager = mp.Manager()
+    single, multi = manager.dict(), manager.dict()
+    if cfg_single is not None:
+        one_step(0, 1, 0, cfg_single, num_rows, single)
+    mp.spawn(one_step, args=(2, free_port(), cfg_multi, num_rows, multi), nprocs=2, join=True)
+    return dict(single), dict(multi)
+
+
+def resolved(compose_cfg, *overrides: str) -> dict:
+    return OmegaConf.to_container(compose_cfg(*overrides, "tracking.enabled=false", "data.num_train=64"),
+                                  resolve=True)
+
+
+@pytest.mark.parametrize("loss", ["full", "topk", "sampled"])
+def test_two_processes_give_the_single_process_loss_and_gradients(compose_cfg, loss):
+    common = ["method.lmbda=0", f"loss={loss}", *(["loss.k=8"] if loss == "topk" else [])]  # dataset completions
+    single = resolved(compose_cfg, *common, "train.batch_size=4", "train.gradient_accumulation_steps=2")
+    multi = resolved(compose_cfg, *common, "train.batch_size=2", "train.gradient_accumulation_steps=2")
+    one, two = run_both(single, multi, 8)
+    whole = one[0]
+    assert two[0]["loss"] == pytest.approx(whole["loss"], rel=1e-5) == two[1]["loss"]
+    assert two[0]["tokens"] == two[1]["tokens"] == whole["tokens"]
+    assert set(two[0]["grads"]) == set(whole["grads"])
+    for name, grad in whole["grads"].items():
+        torch.testing.assert_close(two[0]["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(two[1]["grads"][name], two[0]["grads"][name], rtol=0, atol=0)
+
+
+def test_on_policy_draws_rollouts_and_sdpo_rewards_agree_across_processes(compose_cfg):
+    gkd = resolved(compose_cfg, "method.lmbda=0.5", "train.batch_size=2", "train.gradient_accumulation_steps=4")
+    _, two = run_both(None, gkd, 16)
+    assert two[0]["plan"] == two[1]["plan"] and len(set(two[0]["plan"])) == 2  # same draws, both kinds
+    assert not set(two[0]["prompts"]) & set(two[1]["prompts"])  # each process rolls out its own prompts
+
+    sdpo = resolved(compose_cfg, "method=sdpo", "method.num_generations=4", "train.batch_size=4",
+                    "train.gradient_accumulation_steps=2")
+    _, two = run_both(None, sdpo, 4)
+    assert two[0]["method_metrics"] == two[1]["method_metrics"]  # rewards of the gathered batch, not the local one
+    assert "rewards/mean" in two[0]["method_metrics"]
+    assert len(two[0]["prompts"]) == len(two[1]["prompts"]) == 8 and len(set(two[0]["prompts"])) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_trains_to_the_single_process_weights(tiny_pair, tmp_path):
+    student, teacher = tiny_pair
+    common = [f"model.student={student}", f"teacher.model={teacher}", "method.lmbda=0", "train.steps=3",
+              "train.eval_every=0", "train.save_every=2", "data.num_eval=8", "data.num_train=64",
+              "train.max_completion_length=5", "tracking.enabled=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "distillkit.cli", *common, "train.batch_size=4",
+                          "train.gradient_accumulation_steps=2", f"hydra.run.dir={tmp_path / 'one'}"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([TORCHRUN, "--nproc-per-node=2", "--master-port", str(free_port()), "-m", "distillkit.cli",
+                          *common,
+                          "train.batch_size=2", "train.gradient_accumulation_steps=2",
+                          f"hydra.run.dir={tmp_path / 'two'}"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("student accuracy") == 1  # one summary, from the main process
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step_00000002"]
+    state = torch.load(tmp_path / "two" / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
+    assert len(state["rng_per_process"]) == 2 and state["rng_per_process"][0]["torch"].ne(
+        state["rng_per_process"][1]["torch"]).any()
+    a = load_file(tmp_path / "one" / "final_model" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "final_model" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_sharded_accelerate_launch_is_refused_with_the_fix(monkeypatch, variable):
+    from distillkit.distributed import init_distributed
+    from distillkit.models import ConfigError
+
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ConfigError, match="conf/accelerate/ddp.yaml"):
+        init_distributed()
