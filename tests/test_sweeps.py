@@ -147,3 +147,25 @@ def test_sigterm_outside_submitit_checkpoints_exits_and_the_rerun_resumes_the_sa
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
     history = client.get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(1, steps + 1))
+
+
+@pytest.mark.slow
+def test_optuna_search_recipe_runs_trials_as_child_runs_and_maximizes_the_returned_accuracy(tmp_path):
+    recipe = Path(__file__).parents[1] / "recipes" / "gkd_optuna"
+    sweep_dir = tmp_path / "search"
+    out = distillkit(["--config-dir", str(recipe), "--config-name", "search", "-m", "hydra.sweeper.n_trials=2",
+                      "train.steps=2", *TINY, f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import yaml
+
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"method.beta", "method.lmbda", "train.lr"}
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    experiment = client.get_experiment_by_name("gkd_optuna")
+    parent, children = parent_and_children(client.search_runs([experiment.experiment_id]))
+    assert parent.data.tags["distillkit.sweeper"] == "optuna" and len(children) == 2
+    finals = [c.data.metrics["eval/accuracy"] for c in children]
+    assert best["best_value"] == pytest.approx(max(finals))
+    betas = {float(c.data.params["method.beta"]) for c in children}
+    assert len(betas) == 2 and all(0.0 <= b <= 1.0 for b in betas)  # sampled from the search space
