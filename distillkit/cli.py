@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from distillkit import ASSETS_DIR, PACKAGE_DIR
-from distillkit.models import ConfigError
+from distillkit.errors import ConfigError
 
 CONF_DIR = PACKAGE_DIR.parent / "conf"
 

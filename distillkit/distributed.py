@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from distillkit.models import ConfigError
+from distillkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ def init_distributed(on_cpu: bool = False) -> ProcessInfo:
     refuse_sharded_launch()
     if is_distributed():
         return ProcessInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ and "SUBMITIT_FOLDER" in os.environ:
+    in_submitit = "SUBMITIT_EXECUTOR" in os.environ
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ and in_submitit:
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_ADDR/PORT from SLURM
@@ -59,6 +60,9 @@ def init_distributed(on_cpu: bool = False) -> ProcessInfo:
     from accelerate import PartialState
 
     state = PartialState(cpu=on_cpu)  # without it, accelerate takes a CPU process group for a single process
+    if not is_distributed():  # a state left from an earlier, destroyed process group in this process
+        PartialState._reset_state()
+        state = PartialState(cpu=on_cpu)
     return ProcessInfo(state.process_index, state.num_processes, state.local_process_index)
 
 

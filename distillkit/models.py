@@ -8,11 +8,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from distillkit.errors import ConfigError  # noqa: F401  (re-exported: older imports name it from here)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-class ConfigError(ValueError):
-    """A bad option, found before any expensive work starts. The message names the fix."""
 
 
 def torch_dtype(name: str) -> Any:

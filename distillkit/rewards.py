@@ -17,7 +17,7 @@ from fractions import Fraction
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from distillkit.models import ConfigError
+from distillkit.errors import ConfigError
 
 
 @dataclass

@@ -91,19 +91,34 @@ def resolved(compose_cfg, *overrides: str) -> dict:
                                   resolve=True)
 
 
-@pytest.mark.parametrize("loss", ["full", "topk", "sampled"])
-def test_two_processes_give_the_single_process_loss_and_gradients(compose_cfg, loss):
-    common = ["method.lmbda=0", f"loss={loss}", *(["loss.k=8"] if loss == "topk" else [])]  # dataset completions
-    single = resolved(compose_cfg, *common, "train.batch_size=4", "train.gradient_accumulation_steps=2")
-    multi = resolved(compose_cfg, *common, "train.batch_size=2", "train.gradient_accumulation_steps=2")
-    one, two = run_both(single, multi, 8)
-    whole = one[0]
-    assert two[0]["loss"] == pytest.approx(whole["loss"], rel=1e-5) == two[1]["loss"]
-    assert two[0]["tokens"] == two[1]["tokens"] == whole["tokens"]
-    assert set(two[0]["grads"]) == set(whole["grads"])
-    for name, grad in whole["grads"].items():
-        torch.testing.assert_close(two[0]["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
-        torch.testing.assert_close(two[1]["grads"][name], two[0]["grads"][name], rtol=0, atol=0)
+LOSSES = ["full", "topk", "sampled"]
+
+
+def each_loss(rank: int, world: int, port: int, cfgs: list[dict], num_rows: int, out: dict) -> None:
+    """`one_step` for every loss in one pair of processes (a process group each), to pay the start-up once."""
+    for i, cfg in enumerate(cfgs):
+        result: dict = {}
+        one_step(rank, world, port + i, cfg, num_rows, result)
+        out[(i, rank)] = result[rank]
+
+
+def test_two_processes_give_the_single_process_loss_and_gradients(compose_cfg):
+    def configs(batch: int) -> list[dict]:
+        return [resolved(compose_cfg, "method.lmbda=0", f"loss={loss}", *(["loss.k=8"] if loss == "topk" else []),
+                         f"train.batch_size={batch}", "train.gradient_accumulation_steps=2") for loss in LOSSES]
+
+    manager = mp.Manager()
+    single, multi = manager.dict(), manager.dict()
+    each_loss(0, 1, 0, configs(4), 8, single)  # off-policy rows (the data set's completions): the same tokens
+    mp.spawn(each_loss, args=(2, free_port(), configs(2), 8, multi), nprocs=2, join=True)
+    for i, loss in enumerate(LOSSES):
+        whole, two = single[(i, 0)], {r: multi[(i, r)] for r in (0, 1)}
+        assert two[0]["loss"] == pytest.approx(whole["loss"], rel=1e-5) == two[1]["loss"], loss
+        assert two[0]["tokens"] == two[1]["tokens"] == whole["tokens"]
+        assert set(two[0]["grads"]) == set(whole["grads"])
+        for name, grad in whole["grads"].items():
+            torch.testing.assert_close(two[0]["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=f"{loss} {name}")
+            torch.testing.assert_close(two[1]["grads"][name], two[0]["grads"][name], rtol=0, atol=0)
 
 
 def test_on_policy_draws_rollouts_and_sdpo_rewards_agree_across_processes(compose_cfg):

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillkit.data.addition import addition_dataset
 from distillkit.data.hinted_tasks import addition_hinted_dataset, maximum_dataset, subtraction_dataset
-from distillkit.models import ConfigError
+from distillkit.errors import ConfigError
 
 BUILTIN_TASKS = {
     "addition": addition_dataset,

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
+from distillkit.errors import ConfigError
 from distillkit.generation.hf import cut_at_eos, end_token_ids
-from distillkit.models import ConfigError
 
 CPU_HEAD_DIMS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)  # vLLM's CPU attention refuses others (16 was seen)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from distillkit.errors import ConfigError
 from distillkit.losses.base import Divergence, LossOutput, StudentTokens, TeacherTokens
 from distillkit.losses.chunked_head import project
 from distillkit.losses.math import generalized_jsd, kl
-from distillkit.models import ConfigError
 
 KERNELS = ("torch", "liger")
 

@@ -12,10 +12,10 @@ import torch
 
 from distillkit.batch import collate
 from distillkit.data.loading import encode_prompt
+from distillkit.errors import ConfigError
 from distillkit.methods.micro_batch import MicroBatch, RolloutContext, split_evenly
 from distillkit.methods.self_distillation import SelfDistillationMethod, grouped
 from distillkit.methods.teacher_prompts import check_template, context_text, rewrite_prompt
-from distillkit.models import ConfigError
 
 
 class SDFT(SelfDistillationMethod):

@@ -18,10 +18,10 @@ import torch
 from distillkit.batch import collate
 from distillkit.data.loading import encode_prompt
 from distillkit.distributed import gather_lists
+from distillkit.errors import ConfigError
 from distillkit.methods.micro_batch import MicroBatch, RolloutContext, per_token, split_evenly
 from distillkit.methods.self_distillation import SelfDistillationMethod, grouped
 from distillkit.methods.teacher_prompts import check_template, rewrite_prompt
-from distillkit.models import ConfigError
 from distillkit.rewards import load_reward_functions
 
 log = logging.getLogger(__name__)

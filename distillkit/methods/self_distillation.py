@@ -8,8 +8,8 @@ the first one (its weights then are the rollout policy's) become the old log-pro
 
 from __future__ import annotations
 
+from distillkit.errors import ConfigError
 from distillkit.methods.micro_batch import MicroBatch, RolloutContext
-from distillkit.models import ConfigError
 
 
 class SelfDistillationMethod:

@@ -10,7 +10,7 @@ import string
 from collections.abc import Callable
 from typing import Any
 
-from distillkit.models import ConfigError
+from distillkit.errors import ConfigError
 
 
 def context_text(context: Any) -> str:

@@ -434,7 +434,7 @@ def main(argv: list[str]) -> int:
     import uvicorn
     from transformers.utils import logging as hf_logging
 
-    from distillkit.models import ConfigError
+    from distillkit.errors import ConfigError
     from distillkit.serve.engine import TeacherEngine
 
     hf_logging.disable_progress_bar()

@@ -13,8 +13,8 @@ import warnings
 import torch
 
 from distillkit.batch import SequenceBatch
+from distillkit.errors import ConfigError
 from distillkit.losses.base import TeacherRequest, TeacherTokens
-from distillkit.models import ConfigError
 from distillkit.serve.client import TeacherClient, TeacherError, TeacherUnavailableError
 from distillkit.serve.protocol import tokenizer_hash
 from distillkit.teachers.teacher import Teacher
