@@ -1,6 +1,7 @@
 """A real SLURM sweep: `distillkit -m ... hydra/launcher=slurm` on the one-node cluster that `.ci/slurm-up.sh`
 starts. Two jobs run as a job array; one is preempted (SIGUSR2, what SLURM sends before preemption), checkpoints,
-requeues itself, resumes and keeps its MLflow run. Both child runs end in MLflow with their metrics.
+requeues itself, resumes and keeps its MLflow run. Both child runs end in MLflow with their metrics. A job with
+two tasks trains as two processes of one process group.
 
 Skipped where no SLURM controller answers; `.ci/run` brings one up and runs `pytest -m slurm`.
 """
@@ -76,3 +77,22 @@ def test_slurm_sweep_with_a_preempted_job_lands_both_child_runs_in_mlflow(tmp_pa
         history = client.get_metric_history(child.info.run_id, "train/loss")
         assert sorted(m.step for m in history) == list(range(1, steps + 1))
         assert (child.data.tags.get("distillkit.resumed") == "true") == (child.info.run_id == run_id)
+
+
+def test_a_two_task_slurm_job_trains_as_two_processes_and_tracks_once(tmp_path):
+    import torch
+
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run(
+        [DISTILLKIT, "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=4", "method.lmbda=0", "train.steps=3",
+         *TINY, "train.batch_size=4", "train.save_every=2", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    state = torch.load(sweep_dir / "0" / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
+    assert len(state["rng_per_process"]) == 2  # submitit's two tasks joined one process group
+    client, runs = runs_of(tmp_path)
+    _, children = parent_and_children(runs)
+    assert len(children) == 1 and children[0].info.status == "FINISHED"  # rank 0 alone tracks
+    history = client.get_metric_history(children[0].info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
