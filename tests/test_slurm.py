@@ -52,12 +52,12 @@ def test_slurm_sweep_with_a_preempted_job_lands_both_child_runs_in_mlflow(tmp_pa
         job = next(task for task in array_tasks() if task.endswith("_0"))
         run_id = (sweep_dir / "0" / "mlflow_run_id").read_text()
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
-        while True:  # a requeued job waits ~120 s for its begin time; release it at once
+        while True:  # a requeued job waits ~120 s for its begin time; release it as soon as it is pending
             assert proc.poll() is None and time.time() < deadline + 240, proc.communicate()[0][-3000:]
             info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
-            if "Restarts=1" in info:
-                if "JobState=PENDING" in info:
-                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            if "Restarts=1" in info and "JobState=PENDING" in info:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            elif "Restarts=1" in info and ("JobState=RUNNING" in info or "JobState=COMPLETED" in info):
                 break
             time.sleep(0.5)
         output, _ = proc.communicate(timeout=480)
