@@ -67,11 +67,39 @@ register_resolvers()  # at import: a submitit job unpickles `train` and composes
 SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server", "compare": "distillkit.compare"}
 
 
+# Hydra plugins that come with an extra: without them Hydra only says it cannot find the config group option.
+PLUGIN_EXTRAS = {
+    "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/launcher=local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+}
+
+
+def missing_plugin(argv: list[str], extras: dict[str, tuple[str, str]] = PLUGIN_EXTRAS) -> str | None:
+    """The install command for a launcher or sweeper named on the command line but not installed."""
+    import importlib.util
+
+    for arg in argv:
+        if arg in extras:
+            module, extra = extras[arg]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                return f"{arg} needs a Hydra plugin that is not installed: pip install \"distillkit[{extra}]\""
+    return None
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:  # `distillkit serve-teacher|compare ...`: argparse, not Hydra
         import importlib
 
         sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
+    problem = missing_plugin(sys.argv[1:])
+    if problem:
+        print(f"distillkit: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     import hydra
     from transformers.utils import logging as hf_logging
 

@@ -172,3 +172,13 @@ def test_optuna_search_recipe_runs_trials_as_child_runs_and_maximizes_the_return
     assert best["best_value"] == pytest.approx(max(finals))
     betas = {float(c.data.params["method.beta"]) for c in children}
     assert len(betas) == 2 and all(0.0 <= b <= 1.0 for b in betas)  # sampled from the search space
+
+
+def test_a_launcher_or_sweeper_whose_plugin_is_missing_names_the_extra_to_install():
+    from distillkit.cli import PLUGIN_EXTRAS, missing_plugin
+
+    assert missing_plugin(["-m", "hydra/launcher=slurm", "train.seed=0,1"]) is None  # installed with [test]
+    assert missing_plugin(["hydra/sweeper=optuna"]) is None
+    absent = {**PLUGIN_EXTRAS, "hydra/launcher=slurm": ("hydra_plugins.not_installed_launcher", "slurm")}
+    message = missing_plugin(["-m", "hydra/launcher=slurm"], absent)
+    assert message is not None and 'pip install "distillkit[slurm]"' in message
