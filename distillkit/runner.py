@@ -294,10 +294,9 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
         metrics["train/loss_on_policy" if micro.on_policy else "train/loss_off_policy"] += loss
         for key, value in out.stats.items():
             sums[key] = sums.get(key, 0.0) + value
-    summed = sum_across_processes({**{k: metrics[k] for k in ("train/loss", "train/loss_on_policy",
-                                                                 "train/loss_off_policy")}, **sums})
-    metrics.update({k: summed[k] for k in ("train/loss", "train/loss_on_policy", "train/loss_off_policy")})
-    sums = {k: v for k, v in summed.items() if not k.startswith("train/")}
+    loss_keys = ("train/loss", "train/loss_on_policy", "train/loss_off_policy")
+    sums = sum_across_processes({**{k: metrics[k] for k in loss_keys}, **sums})  # one collective for all
+    metrics.update({k: sums.pop(k) for k in loss_keys})
     token_norm = max(metrics["train/tokens"], 1)
     metrics["train/kl"] = sums.get("kl", 0.0) / norm
     metrics["train/entropy"] = sums.get("entropy", 0.0) / token_norm
@@ -442,7 +441,7 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
             tracker.log(evaluate_student(), step=done)
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done != cfg.train.steps:
             checkpoint(done)
-        stop = guard is not None and sum_across_processes({"stop": float(guard.requested)})["stop"] > 0
+        stop = guard is not None and all_reduce_sum(float(guard.requested), parts.device) > 0
         if stop and done != cfg.train.steps:  # SLURM preemption or timeout; every process stops at the same step
             checkpoint(done)
             tracker.end(status="KILLED")  # reopened (same run id) by the resumed job
