@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweeps import DISTILLKIT, TINY, parent_and_children, runs_of
+from test_sweeps import DISTILLKIT, TINY, parent_and_children, runs_of, start_until_tracked
 
 
 def controller_up() -> bool:
@@ -37,18 +37,12 @@ def array_tasks() -> dict[str, str]:
 def test_slurm_sweep_with_a_preempted_job_lands_both_child_runs_in_mlflow(tmp_path):
     steps = 40
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.Popen(
-        [DISTILLKIT, "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+    deadline = time.time() + 240  # the same start as the wait for tracking: the later bound stays as it was
+    proc = start_until_tracked(
+        ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.mem_gb=4", "hydra.launcher.timeout_min=30", "train.seed=0,1", f"train.steps={steps}", *TINY,
-         f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+         f"hydra.sweep.dir={sweep_dir}"], tmp_path, sweep_dir / "0", timeout=240)
     try:
-        deadline = time.time() + 240
-        while not (sweep_dir / "0" / "mlflow_run_id").exists():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-            time.sleep(0.5)
         job = next(task for task in array_tasks() if task.endswith("_0"))
         run_id = (sweep_dir / "0" / "mlflow_run_id").read_text()
         subprocess.run(["scancel", "--signal=USR2", job], check=True)

@@ -28,6 +28,19 @@ def distillkit(args: list[str], cwd: Path, timeout: int = 300, **kwargs) -> subp
                           **kwargs)
 
 
+def start_until_tracked(args: list[str], cwd: Path, run_dir: Path, timeout: float) -> subprocess.Popen:
+    """Start `distillkit args` and return once the run in `run_dir` has opened its MLflow run (training is next)."""
+    proc = subprocess.Popen([DISTILLKIT, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + timeout
+    while not (run_dir / "mlflow_run_id").exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(proc.communicate()[0][-3000:])
+        time.sleep(0.2)
+    return proc
+
+
 def runs_of(cwd: Path) -> tuple[object, list]:
     client = MlflowClient(f"sqlite:///{cwd}/outputs/mlflow.db")
     experiment = client.get_experiment_by_name("distillkit")
@@ -89,17 +102,9 @@ def job_processes(sweep_root: Path) -> list[int]:
 def test_submitit_local_jobs_requeue_on_preemption_and_resume_their_mlflow_run(tmp_path):
     steps = 40
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.Popen(
-        [DISTILLKIT, "-m", "hydra/launcher=local", "train.seed=0", f"train.steps={steps}", *TINY,
-         f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = start_until_tracked(["-m", "hydra/launcher=local", "train.seed=0", f"train.steps={steps}", *TINY,
+                                f"hydra.sweep.dir={sweep_dir}"], tmp_path, sweep_dir / "0", timeout=180)
     try:
-        deadline = time.time() + 180
-        while not (sweep_dir / "0" / "mlflow_run_id").exists():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-            time.sleep(0.5)
         pids = job_processes(sweep_dir)
         assert len(pids) == 1, pids
         run_id = (sweep_dir / "0" / "mlflow_run_id").read_text()
@@ -127,13 +132,8 @@ def test_sigterm_outside_submitit_checkpoints_exits_and_the_rerun_resumes_the_sa
     steps = 40
     out_dir = tmp_path / "run"
     args = [f"train.steps={steps}", *TINY, f"hydra.run.dir={out_dir}"]
-    proc = subprocess.Popen([DISTILLKIT, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = start_until_tracked(args, tmp_path, out_dir, timeout=120)
     try:
-        deadline = time.time() + 120
-        while not (out_dir / "mlflow_run_id").exists():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-            time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     finally:
