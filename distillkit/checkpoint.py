@@ -12,10 +12,11 @@ import torch
 STATE_FILE = "state.pt"
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full weights for a full fine-tune; only the trainable (adapter) tensors under LoRA."""
+def trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Full weights for a full fine-tune; only the trainable (adapter) tensors under LoRA. `state`: the model's
+    state dict when it is already at hand (gathered from FSDP shards)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     if len(names) == sum(1 for _ in model.parameters()):
         return state
     return {k: v for k, v in state.items() if k in names}

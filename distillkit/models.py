@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from distillkit.errors import ConfigError  # noqa: F401  (re-exported: older imports name it from here)
+from distillkit.sharding import is_sharded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -81,10 +82,28 @@ class DecoderAndHead:
 
     decoder: torch.nn.Module
     head: torch.nn.Module
+    root: torch.nn.Module | None = None  # the causal LM; set when it is FSDP-sharded
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.root is not None and is_sharded(self.root):
+            return self._hidden_states_through_root(input_ids, attention_mask)
         out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return last_hidden_state(out)
+
+    def _hidden_states_through_root(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Under FSDP only the root's forward gathers the embeddings, the final norm and the head (and keeps them
+        gathered until its backward), so run it, computing one position's logits, and catch the decoder's output."""
+        caught: list[torch.Tensor] = []
+        hook = self.decoder.register_forward_hook(lambda _m, _a, out: caught.append(last_hidden_state(out)))
+        try:
+            self.root(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+        finally:
+            hook.remove()
+        return caught[-1]
+
+
+def last_hidden_state(decoder_output) -> torch.Tensor:
+    return decoder_output.last_hidden_state if hasattr(decoder_output, "last_hidden_state") else decoder_output[0]
 
 
 def decoder_and_head(model: torch.nn.Module) -> DecoderAndHead:
@@ -95,7 +114,7 @@ def decoder_and_head(model: torch.nn.Module) -> DecoderAndHead:
                 f"{type(base).__name__} transforms its logits ({attr}); distillkit's chunked LM-head losses do "
                 "not apply that transform yet. Use a model without it."
             )
-    return DecoderAndHead(base.get_decoder(), base.get_output_embeddings())
+    return DecoderAndHead(base.get_decoder(), base.get_output_embeddings(), base)
 
 
 def is_peft(model: torch.nn.Module) -> bool:

@@ -59,6 +59,15 @@ from distillkit.models import (
 )
 from distillkit.preemption import PreemptionGuard
 from distillkit.serve.client import TeacherError
+from distillkit.sharding import (
+    load_model_state,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+    reshard_after_forward,
+    shard,
+    sharding_strategy,
+)
 from distillkit.sweep import SweepJob
 from distillkit.teachers.in_process import TeacherGenerator
 from distillkit.tracking import Tracker
@@ -211,6 +220,7 @@ class Parts:
     process: ProcessInfo
     optimizer: torch.optim.Optimizer
     scheduler: object
+    sharded: bool = False  # FSDP2: the student (and any separate teacher module) is sharded over the processes
 
 
 def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = None) -> Parts:
@@ -227,8 +237,12 @@ def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = Non
     if cfg.model.lora:
         student = apply_lora(student, dict(cfg.model.lora))
     student.train()
-    teacher.setup(device, prepared.vocab_size, student)
-    params = [p for p in student.parameters() if p.requires_grad]
+    teacher.setup(device, prepared.vocab_size, student)  # before sharding: a frozen or EMA copy is made whole
+    sharded = sharding_strategy(cfg) == "fsdp2" and process.world_size > 1
+    if sharded:
+        shard(student, reshard_after_forward(cfg))
+        teacher.shard(student, reshard_after_forward(cfg))
+    params = [p for p in student.parameters() if p.requires_grad]  # after sharding: the sharded parameters
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                   betas=tuple(cfg.train.adam_betas))
     return Parts(
@@ -240,6 +254,7 @@ def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = Non
         params=params, process=process, optimizer=optimizer,
         scheduler=get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                 num_training_steps=cfg.train.steps),
+        sharded=sharded,
     )
 
 
@@ -259,6 +274,8 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
     """
     clock = clock or StepClock()
     method = parts.method
+    if parts.sharded:
+        same_forwards_on_every_process(micros)
     step_tokens = all_reduce_sum(sum(m.loss_tokens for m in micros), parts.device)
     norm = max(step_tokens, 1)
     completion_tokens = sum(m.student.num_completion_tokens for m in micros)
@@ -312,6 +329,17 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
     return metrics
 
 
+def same_forwards_on_every_process(micros: list) -> None:
+    """Under FSDP every forward is a collective, so every process must score the same micro-batches with the
+    teacher. A micro-batch that has no teacher batch here (e.g. SDPO: no rollout in it was reprompted) but has one
+    on another process gets the student's own view with every token masked out: a forward with no loss."""
+    everyone, _ = gather_lists([[m.teacher is not None for m in micros]])
+    for i, micro in enumerate(micros):
+        if micro.teacher is None and any(flags[i] for flags in everyone):
+            micro.teacher = micro.student
+            micro.distill_weights = torch.zeros(micro.student.num_completion_tokens)
+
+
 def to_device(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if tensor is None else tensor.to(device)
 
@@ -325,7 +353,8 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
         micros = parts.method.micro_batches(step, rows, context)
     metrics = accumulate_gradients(parts, micros, clock)
     with clock("update"):
-        all_reduce_gradients(parts.params)  # the sum over processes is the whole step's gradient
+        if not parts.sharded:  # FSDP's reduce-scatter already summed them
+            all_reduce_gradients(parts.params)  # the sum over processes is the whole step's gradient
         grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, cfg.train.max_grad_norm)
         parts.optimizer.step()
         parts.scheduler.step()
@@ -376,8 +405,9 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
     resume_from = latest_checkpoint(checkpoints) if cfg.train.resume else None
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        parts.student.load_state_dict(state["model"], strict=not cfg.model.lora)
-        parts.optimizer.load_state_dict(state["optimizer"])
+        check_same_strategy(state, parts)
+        load_model_state(parts.student, state["model"], strict=not cfg.model.lora)
+        load_optimizer_state(parts.student, parts.optimizer, state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
         parts.teacher.load_state_dict(state["teacher"])
         parts.method.load_state_dict(own_share(state, "method", parts.process) or {})
@@ -414,10 +444,13 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
         # Every process's RNG streams and method state (its rollout buffer), so each one resumes exactly.
         rngs, _ = gather_lists([rng or rng_state()])
         methods, _ = gather_lists([parts.method.state_dict() if method_state is None else method_state])
+        # Whole tensors, gathered from the shards under FSDP (collectives: every process takes part).
+        model, optimizer, teacher = (trainable_state(parts.student, model_state(parts.student)),
+                                     optimizer_state(parts.student, parts.optimizer), parts.teacher.state_dict())
         if main:
             save_checkpoint(checkpoints, step, {
-                "model": trainable_state(parts.student), "optimizer": parts.optimizer.state_dict(),
-                "scheduler": parts.scheduler.state_dict(), "teacher": parts.teacher.state_dict(), "summary": summary,
+                "model": model, "optimizer": optimizer, "scheduler": parts.scheduler.state_dict(),
+                "teacher": teacher, "summary": summary, "sharded": parts.sharded,
                 "method": methods[0], "method_per_process": methods, "rng_per_process": rngs,
             }, keep_last=cfg.train.keep_checkpoints, rng=rngs[0])
         barrier()
@@ -458,8 +491,9 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
     summary.tokens_per_s = clock.tokens_per_s()
     summary.steps = cfg.train.steps
     final_dir = output_dir / "final_model"
+    final_state = model_state(parts.student) if parts.sharded else None  # gathered by every process
     if main:
-        parts.student.save_pretrained(final_dir)
+        parts.student.save_pretrained(final_dir, **({"state_dict": final_state} if parts.sharded else {}))
         parts.tokenizer.save_pretrained(final_dir)
     barrier()
     summary.final_model_dir = str(final_dir)
@@ -467,6 +501,16 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
     tracker.log({"summary/tokens_per_s": summary.tokens_per_s}, step=cfg.train.steps)
     tracker.end()
     return summary
+
+
+def check_same_strategy(state: dict, parts: Parts) -> None:
+    """The optimizer state of a sharded run is keyed by parameter name, a data-parallel one's by position."""
+    if bool(state.get("sharded", False)) != parts.sharded:
+        was, now = ("fsdp2", "ddp") if state.get("sharded") else ("ddp", "fsdp2")
+        raise ConfigError(
+            f"The checkpoint was written with distributed.strategy={was} and this run uses {now}. Resume with "
+            f"distributed.strategy={was}, or start a fresh run (train.resume=false or another output folder)."
+        )
 
 
 def own_share(state: dict, key: str, process: ProcessInfo):

@@ -7,6 +7,7 @@ from omegaconf import DictConfig, open_dict
 
 from distillkit.generation.vllm import require_vllm
 from distillkit.models import DTYPES, ConfigError
+from distillkit.sharding import sharding_strategy
 
 DEFAULT_BETA = {"full": 0.5, "topk": 0.5, "sampled": 1.0}
 
@@ -63,7 +64,13 @@ def validate(cfg: DictConfig) -> None:
     check_device(cfg)
     check_liger(cfg)
     if choice(cfg, "generation") == "vllm":
+        if sharding_strategy(cfg) == "fsdp2":
+            raise ConfigError(
+                "generation=vllm with distributed.strategy=fsdp2 is not supported yet: the colocated engine needs "
+                "the student's whole weights after every step. Use generation=hf, or distributed.strategy=ddp."
+            )
         require_vllm()
+    sharding_strategy(cfg)  # an unknown strategy, or FSDP version 1, is refused here
 
 
 def check_device(cfg: DictConfig) -> None:

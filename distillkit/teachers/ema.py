@@ -13,6 +13,7 @@ import copy
 import torch
 
 from distillkit.models import ConfigError, freeze, is_peft
+from distillkit.sharding import copy_full_into, full_tensors, reshard
 from distillkit.teachers.in_process import InProcessTeacher
 
 
@@ -35,6 +36,11 @@ class EmaTeacher(InProcessTeacher):
         else:
             self.bind(freeze(copy.deepcopy(student)), vocab_size)
 
+    def shard(self, student: torch.nn.Module, reshard_after_forward: bool) -> None:
+        super().shard(student, reshard_after_forward)
+        if self.adapter_only:  # the average takes the sharded layout of the adapter it follows
+            self.average = {n: p.detach().clone() for n, p in self._pairs()}
+
     def _pairs(self):
         """(name, student parameter) for every averaged tensor."""
         return [(n, p) for n, p in self.student.named_parameters() if p.requires_grad or not self.adapter_only]
@@ -43,6 +49,8 @@ class EmaTeacher(InProcessTeacher):
     def after_optimizer_step(self, step: int) -> None:
         if step % self.sync_steps:
             return
+        reshard(self.student)  # average the shards, not a gathered copy
+        reshard(self.model)
         if self.adapter_only:
             for name, param in self._pairs():
                 self.average[name].lerp_(param.detach(), self.rate)
@@ -56,6 +64,7 @@ class EmaTeacher(InProcessTeacher):
         if not self.adapter_only:
             yield
             return
+        reshard(self.student)
         with torch.no_grad():
             live = {n: p.detach().clone() for n, p in self._pairs()}
             for name, param in self._pairs():
@@ -63,21 +72,22 @@ class EmaTeacher(InProcessTeacher):
         try:
             yield
         finally:
+            reshard(self.student)
             with torch.no_grad():
                 for name, param in self._pairs():
                     param.copy_(live[name])
 
     def state_dict(self) -> dict:
+        """Whole tensors (gathered from the shards under FSDP: every process must call this)."""
+        reshard(self.model)
         if self.adapter_only:
-            return {"average": {n: t.clone() for n, t in self.average.items()}}
-        return {"average": {n: p.detach().clone() for n, p in self.model.named_parameters()}}
+            return {"average": full_tensors(self.average)}
+        return {"average": full_tensors(dict(self.model.named_parameters()))}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
-        if self.adapter_only:
-            self.average = {n: t.clone() for n, t in state["average"].items()}
-            return
-        with torch.no_grad():
-            for name, param in self.model.named_parameters():
-                param.copy_(state["average"][name])
+        reshard(self.model)
+        targets = self.average if self.adapter_only else dict(self.model.named_parameters())
+        for name, target in targets.items():
+            copy_full_into(target, state["average"][name])

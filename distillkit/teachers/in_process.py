@@ -16,6 +16,7 @@ from distillkit.batch import SequenceBatch, completion_hidden
 from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.losses.chunked_head import auto_chunk_size, project
 from distillkit.models import decoder_and_head
+from distillkit.sharding import shard
 from distillkit.teachers.teacher import Teacher
 
 
@@ -36,6 +37,12 @@ class InProcessTeacher(Teacher):
 
     def bind(self, model: torch.nn.Module, vocab_size: int) -> None:
         self.model, self.parts, self.vocab_size = model, decoder_and_head(model), vocab_size
+
+    def shard(self, student: torch.nn.Module, reshard_after_forward: bool) -> None:
+        """A separate teacher module (a live model, a frozen or averaged copy) is sharded like the student; the
+        student itself already is."""
+        if self.model is not student:
+            shard(self.model, reshard_after_forward)
 
     @torch.no_grad()
     def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:

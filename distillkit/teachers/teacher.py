@@ -23,6 +23,10 @@ class Teacher:
         """The teacher's weights are in `self.model` for the duration (generation and scoring run inside)."""
         yield
 
+    def shard(self, student, reshard_after_forward: bool) -> None:
+        """Called once the student is FSDP-sharded (`distillkit.sharding`); a teacher outside the process does
+        nothing."""
+
     def after_optimizer_step(self, step: int) -> None:
         """Called after every optimizer step (step counts from 1); a frozen teacher does nothing."""
 
