@@ -39,11 +39,23 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(root: Path, step: int, state: dict, keep_last: int = 2, rng: dict | None = None) -> Path:
     """Write into a temporary folder and rename it, so a kill mid-write never leaves a half checkpoint."""
+    stage_checkpoint(root, step)
+    return commit_checkpoint(root, step, state, keep_last, rng)
+
+
+def stage_checkpoint(root: Path, step: int) -> Path:
+    """The empty temporary folder of a checkpoint; other writers (every process's DeepSpeed partition) go first."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
     tmp = root / f".step_{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    return tmp
+
+
+def commit_checkpoint(root: Path, step: int, state: dict, keep_last: int = 2, rng: dict | None = None) -> Path:
+    """Add the state to the staged folder, rename it into place and keep the newest `keep_last`."""
+    final = root / f"step_{step:08d}"
+    tmp = root / f".step_{step:08d}.tmp"
     torch.save({**state, "step": step, "rng": rng or rng_state()}, tmp / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

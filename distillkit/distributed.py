@@ -1,6 +1,7 @@
 """Multi-process training: start-up through accelerate, and cross-process reductions that are no-ops in one process.
 
-Data parallelism (`distributed.strategy=ddp`; FSDP2 sharding is `distillkit.sharding`) without a DDP wrapper: every process runs the whole step on its share of the rows, the loss is
+Data parallelism (`distributed.strategy=ddp`; FSDP2 is `distillkit.sharding`, DeepSpeed ZeRO `distillkit.zero`)
+without a DDP wrapper: every process runs the whole step on its share of the rows, the loss is
 divided by the completion-token count of the whole step across processes, and the gradients are summed
 (`all_reduce_gradients`). The sum is then exactly the single-process gradient of the same global batch. A wrapper
 would average instead, and it needs its own forward to register the backward hooks, which the chunked loss
@@ -14,8 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-from distillkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,20 +32,9 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def refuse_deepspeed_launch() -> None:
-    """accelerate's DeepSpeed plugin wraps the model in an engine with its own backward and step."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise ConfigError(
-            "`accelerate launch` with DeepSpeed is not supported yet. For sharded weights, gradients and optimizer "
-            "state (ZeRO-3's job) launch with conf/accelerate/fsdp2.yaml (FSDP2); for data parallelism, with "
-            "conf/accelerate/ddp.yaml."
-        )
-
-
 def init_distributed(on_cpu: bool = False) -> ProcessInfo:
     """Join the process group that `accelerate launch`, `torchrun` or a multi-task SLURM job set up; one process
     otherwise. accelerate's PartialState picks the backend (nccl on GPUs, gloo on CPU) and the local device."""
-    refuse_deepspeed_launch()
     if is_distributed():
         return ProcessInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     in_submitit = "SUBMITIT_EXECUTOR" in os.environ

@@ -22,11 +22,12 @@ from transformers import get_scheduler
 
 from distillkit.batch import completion_hidden
 from distillkit.checkpoint import (
+    commit_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
-    save_checkpoint,
     set_rng_state,
+    stage_checkpoint,
     trainable_state,
 )
 from distillkit.data.loading import load_split, require_columns, tokenize
@@ -72,6 +73,7 @@ from distillkit.sweep import SweepJob
 from distillkit.teachers.in_process import TeacherGenerator
 from distillkit.tracking import Tracker
 from distillkit.validation import SUFFIXES, choice, loss_mode, resolve_device, validate
+from distillkit.zero import CHECKPOINT_FOLDER, ZeroEngine, zero_config
 
 
 @dataclass
@@ -220,7 +222,12 @@ class Parts:
     process: ProcessInfo
     optimizer: torch.optim.Optimizer
     scheduler: object
-    sharded: bool = False  # FSDP2: the student (and any separate teacher module) is sharded over the processes
+    strategy: str = "ddp"  # several processes: ddp, fsdp2 (student and separate teachers sharded) or deepspeed
+    engine: ZeroEngine | None = None  # deepspeed: backward, reduction, clipping and step go through it
+
+    @property
+    def sharded(self) -> bool:
+        return self.strategy == "fsdp2"
 
 
 def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = None) -> Parts:
@@ -238,13 +245,14 @@ def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = Non
         student = apply_lora(student, dict(cfg.model.lora))
     student.train()
     teacher.setup(device, prepared.vocab_size, student)  # before sharding: a frozen or EMA copy is made whole
-    sharded = sharding_strategy(cfg) == "fsdp2" and process.world_size > 1
-    if sharded:
+    strategy = sharding_strategy(cfg) if process.world_size > 1 else "ddp"
+    if strategy == "fsdp2":
         shard(student, reshard_after_forward(cfg))
         teacher.shard(student, reshard_after_forward(cfg))
     params = [p for p in student.parameters() if p.requires_grad]  # after sharding: the sharded parameters
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                   betas=tuple(cfg.train.adam_betas))
+    engine = ZeroEngine(student, optimizer, zero_config(cfg), process.world_size) if strategy == "deepspeed" else None
     return Parts(
         cfg=cfg, device=device, method=method, teacher=teacher, tokenizer=tokenizer,
         vocab_size=prepared.vocab_size, student=student, student_parts=decoder_and_head(student),
@@ -254,7 +262,7 @@ def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = Non
         params=params, process=process, optimizer=optimizer,
         scheduler=get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                 num_training_steps=cfg.train.steps),
-        sharded=sharded,
+        strategy=strategy, engine=engine,
     )
 
 
@@ -274,15 +282,16 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
     """
     clock = clock or StepClock()
     method = parts.method
-    if parts.sharded:
+    if parts.strategy != "ddp":  # each backward (and each FSDP forward) is a collective
         same_forwards_on_every_process(micros)
+    last = max((i for i, m in enumerate(micros) if m.has_loss), default=-1)
     step_tokens = all_reduce_sum(sum(m.loss_tokens for m in micros), parts.device)
     norm = max(step_tokens, 1)
     completion_tokens = sum(m.student.num_completion_tokens for m in micros)
     sums: dict[str, float] = {}
     metrics = {"train/loss": 0.0, "train/loss_on_policy": 0.0, "train/loss_off_policy": 0.0,
                "train/tokens": all_reduce_sum(completion_tokens, parts.device)}
-    for micro in micros:
+    for i, micro in enumerate(micros):
         if not micro.has_loss:  # e.g. SDPO w=1 and no rollout in it was reprompted: nothing to learn from
             continue
         batch = micro.student.to(parts.device)
@@ -303,7 +312,10 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
                 term = PPOClipTerm(to_device(micro.advantages, parts.device),
                                    to_device(micro.old_logprobs, parts.device), method.epsilon, method.epsilon_high)
             out = parts.divergence(student_tokens, teacher_tokens, term, method.distillation_weight)
-            (out.loss_sum / norm).backward()
+            if parts.engine is not None:
+                parts.engine.backward(out.loss_sum / norm, last_of_step=i == last)
+            else:
+                (out.loss_sum / norm).backward()
         if method.num_iterations > 1:  # the first step's become pi_old of the reuse steps to come
             micro.token_logprobs = out.token_logprobs.cpu()
         loss = out.loss_sum.item() / norm
@@ -353,12 +365,15 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
         micros = parts.method.micro_batches(step, rows, context)
     metrics = accumulate_gradients(parts, micros, clock)
     with clock("update"):
-        if not parts.sharded:  # FSDP's reduce-scatter already summed them
-            all_reduce_gradients(parts.params)  # the sum over processes is the whole step's gradient
-        grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, cfg.train.max_grad_norm)
-        parts.optimizer.step()
+        if parts.engine is not None:  # reduced in the backward; the engine clips, steps and zeroes
+            grad_norm = parts.engine.step() if any(m.has_loss for m in micros) else 0.0
+        else:
+            if not parts.sharded:  # FSDP's reduce-scatter already summed them
+                all_reduce_gradients(parts.params)  # the sum over processes is the whole step's gradient
+            grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, cfg.train.max_grad_norm)
+            parts.optimizer.step()
+            parts.optimizer.zero_grad(set_to_none=True)
         parts.scheduler.step()
-        parts.optimizer.zero_grad(set_to_none=True)
     parts.teacher.after_optimizer_step(step + 1)
     parts.generator.sync(parts.student)
     clock.tokens += metrics["train/tokens"]
@@ -407,7 +422,10 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
         state = load_checkpoint(resume_from)
         check_same_strategy(state, parts)
         load_model_state(parts.student, state["model"], strict=not cfg.model.lora)
-        load_optimizer_state(parts.student, parts.optimizer, state["optimizer"])
+        if parts.engine is not None:
+            parts.engine.load(resume_from / CHECKPOINT_FOLDER)
+        else:
+            load_optimizer_state(parts.student, parts.optimizer, state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
         parts.teacher.load_state_dict(state["teacher"])
         parts.method.load_state_dict(own_share(state, "method", parts.process) or {})
@@ -444,13 +462,19 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
         # Every process's RNG streams and method state (its rollout buffer), so each one resumes exactly.
         rngs, _ = gather_lists([rng or rng_state()])
         methods, _ = gather_lists([parts.method.state_dict() if method_state is None else method_state])
-        # Whole tensors, gathered from the shards under FSDP (collectives: every process takes part).
-        model, optimizer, teacher = (trainable_state(parts.student, model_state(parts.student)),
-                                     optimizer_state(parts.student, parts.optimizer), parts.teacher.state_dict())
+        # Whole tensors, gathered from the shards under FSDP (collectives: every process takes part). Under
+        # DeepSpeed the optimizer state stays partitioned: every process writes its own into the staged folder.
+        model, teacher = trainable_state(parts.student, model_state(parts.student)), parts.teacher.state_dict()
+        optimizer = None if parts.engine else optimizer_state(parts.student, parts.optimizer)
+        staged = stage_checkpoint(checkpoints, step) if main else None
+        if parts.engine is not None:
+            barrier()
+            parts.engine.save(Path(same_on_every_process(str(staged))) / CHECKPOINT_FOLDER)
+            barrier()
         if main:
-            save_checkpoint(checkpoints, step, {
+            commit_checkpoint(checkpoints, step, {
                 "model": model, "optimizer": optimizer, "scheduler": parts.scheduler.state_dict(),
-                "teacher": teacher, "summary": summary, "sharded": parts.sharded,
+                "teacher": teacher, "summary": summary, "strategy": parts.strategy,
                 "method": methods[0], "method_per_process": methods, "rng_per_process": rngs,
             }, keep_last=cfg.train.keep_checkpoints, rng=rngs[0])
         barrier()
@@ -504,9 +528,10 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
 
 
 def check_same_strategy(state: dict, parts: Parts) -> None:
-    """The optimizer state of a sharded run is keyed by parameter name, a data-parallel one's by position."""
-    if bool(state.get("sharded", False)) != parts.sharded:
-        was, now = ("fsdp2", "ddp") if state.get("sharded") else ("ddp", "fsdp2")
+    """Each strategy keeps the optimizer state its own way: by position (ddp), by parameter name (fsdp2), in
+    DeepSpeed's partitions (deepspeed)."""
+    was, now = state.get("strategy", "ddp"), parts.strategy
+    if was != now:
         raise ConfigError(
             f"The checkpoint was written with distributed.strategy={was} and this run uses {now}. Resume with "
             f"distributed.strategy={was}, or start a fresh run (train.resume=false or another output folder)."

@@ -21,11 +21,12 @@ from omegaconf import DictConfig
 
 from distillkit.errors import ConfigError
 
-STRATEGIES = ("auto", "ddp", "fsdp2")
+STRATEGIES = ("auto", "ddp", "fsdp2", "deepspeed")
 
 
 def sharding_strategy(cfg: DictConfig) -> str:
-    """`ddp` or `fsdp2`. `auto` follows `accelerate launch`'s config: FSDP (version 2) shards, anything else does not."""
+    """`ddp`, `fsdp2` or `deepspeed` (ZeRO 1-2, `distillkit.zero`). `auto` follows `accelerate launch`'s config:
+    FSDP (version 2) or DeepSpeed when it names one, data parallel otherwise."""
     dist_cfg = cfg.get("distributed") or {}
     strategy = dist_cfg.get("strategy", "auto")
     if strategy not in STRATEGIES:
@@ -37,7 +38,9 @@ def sharding_strategy(cfg: DictConfig) -> str:
             "Set `fsdp_version: 2` in the accelerate config (conf/accelerate/fsdp2.yaml has it)."
         )
     if strategy == "auto":
-        return "fsdp2" if launched_with_fsdp else "ddp"
+        if launched_with_fsdp:
+            return "fsdp2"
+        return "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" else "ddp"
     return strategy
 
 

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, open_dict
 from distillkit.generation.vllm import require_vllm
 from distillkit.models import DTYPES, ConfigError
 from distillkit.sharding import sharding_strategy
+from distillkit.zero import require_deepspeed, zero_config
 
 DEFAULT_BETA = {"full": 0.5, "topk": 0.5, "sampled": 1.0}
 
@@ -70,7 +71,9 @@ def validate(cfg: DictConfig) -> None:
                 "the student's whole weights after every step. Use generation=hf, or distributed.strategy=ddp."
             )
         require_vllm()
-    sharding_strategy(cfg)  # an unknown strategy, or FSDP version 1, is refused here
+    if sharding_strategy(cfg) == "deepspeed":  # an unknown strategy, or FSDP version 1, is refused here
+        require_deepspeed()
+        zero_config(cfg)  # ZeRO-3 and an unreadable DeepSpeed config are refused here
 
 
 def check_device(cfg: DictConfig) -> None:

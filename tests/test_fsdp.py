@@ -84,7 +84,7 @@ def test_sharded_torchrun_trains_to_the_single_process_weights_and_resumes_exact
     assert saved.architectures == AutoConfig.from_pretrained(student).architectures  # not the FSDP class
     AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final_model")
     state = torch.load(tmp_path / "two" / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
-    assert state["sharded"] and set(a) <= set(state["model"])  # whole tensors, gathered from the shards
+    assert state["strategy"] == "fsdp2" and set(a) <= set(state["model"])  # whole tensors, gathered from the shards
     assert all(state["model"][name].shape == a[name].shape for name in a)
 
     # On-policy with the EMA teacher (a sharded copy): rerunning after the final model is gone resumes from the

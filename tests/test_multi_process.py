@@ -164,12 +164,3 @@ def test_torchrun_trains_to_the_single_process_weights(tiny_pair, tmp_path):
     b = load_file(tmp_path / "two" / "final_model" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_a_deepspeed_accelerate_launch_is_refused_with_the_fix(monkeypatch):
-    from distillkit.distributed import init_distributed
-    from distillkit.models import ConfigError
-
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ConfigError, match="conf/accelerate/fsdp2.yaml"):
-        init_distributed()
