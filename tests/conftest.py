@@ -24,6 +24,18 @@ def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
     return make_tiny_model(root / "student"), make_tiny_model(root / "teacher", hidden=128, seed=1)
 
 
+@pytest.fixture(scope="session")
+def reference_weights(tiny_pair, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Final weights of `launch.reference_args` in one process with the global batch (4): what two processes
+    must reach with ddp, fsdp2 and deepspeed."""
+    from launch import cli, reference_args
+    from safetensors.torch import load_file
+
+    out = tmp_path_factory.mktemp("reference")
+    cli([*reference_args(*tiny_pair), "train.batch_size=4"], out)
+    return load_file(out / "final_model" / "model.safetensors")
+
+
 @pytest.fixture
 def compose_cfg(tiny_pair, tmp_path):
     """Compose the real config (conf/) with overrides, pointing at the tiny models and a private MLflow store."""

@@ -4,22 +4,18 @@ with the same global batch.
 - One optimizer step's loss and gradients match for every loss mode, with a separate live teacher (sharded too),
   the EMA teacher (a sharded copy) and a LoRA student.
 - `torchrun` of the CLI trains to the single-process weights, writes whole (gathered) checkpoints, resumes from
-  one, and saves a loadable final model.
+  one exactly, and saves a loadable final model; SDPO and SDFT (with its sharded EMA teacher) train sharded.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
-from test_multi_process import LOSSES, TORCHRUN, each_loss, free_port, resolved
+from launch import assert_same_weights, cli, free_port, reference_args, rerun_resumes_to_the_same_weights
+from test_multi_process import LOSSES, each_loss, resolved
 
 
 def assert_same_step(single: dict, multi: dict, cases: list[str]) -> None:
@@ -55,51 +51,22 @@ def test_sharded_processes_give_the_single_process_loss_and_gradients(compose_cf
     run_cases(compose_cfg, cases)
 
 
-def cli(args: list[str], out_dir, processes: int = 1) -> subprocess.CompletedProcess:
-    launcher = [TORCHRUN, f"--nproc-per-node={processes}", "--master-port", str(free_port())] if processes > 1 else [
-        sys.executable]
-    done = subprocess.run([*launcher, "-m", "distillkit.cli", *args, f"hydra.run.dir={out_dir}"], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
 @pytest.mark.slow
-def test_sharded_torchrun_trains_to_the_single_process_weights_and_resumes_exactly(tiny_pair, tmp_path):
+def test_sharded_torchrun_trains_to_the_single_process_weights_and_resumes_exactly(tiny_pair, reference_weights,
+                                                                                   tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    student, teacher = tiny_pair
-    common = [f"model.student={student}", "train.steps=3", "train.eval_every=0", "train.save_every=2",
-              "data.num_eval=8", "data.num_train=64", "train.max_completion_length=5", "tracking.enabled=false",
-              "train.gradient_accumulation_steps=2"]
-    off_policy = [*common, f"teacher.model={teacher}", "method.lmbda=0"]
-    cli([*off_policy, "train.batch_size=4"], tmp_path / "one")
-    cli([*off_policy, "train.batch_size=2", "distributed.strategy=fsdp2"], tmp_path / "two", processes=2)
-    a = load_file(tmp_path / "one" / "final_model" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "final_model" / "model.safetensors")
-    assert set(a) == set(b)
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
-    saved = AutoConfig.from_pretrained(tmp_path / "two" / "final_model")
+    student, _ = tiny_pair
+    args = [*reference_args(*tiny_pair), "train.batch_size=2", "distributed.strategy=fsdp2"]
+    cli(args, tmp_path, processes=2)
+    assert_same_weights(tmp_path / "final_model", reference_weights)
+    saved = AutoConfig.from_pretrained(tmp_path / "final_model")
     assert saved.architectures == AutoConfig.from_pretrained(student).architectures  # not the FSDP class
-    AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final_model")
-    state = torch.load(tmp_path / "two" / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
-    assert state["strategy"] == "fsdp2" and set(a) <= set(state["model"])  # whole tensors, gathered from the shards
-    assert all(state["model"][name].shape == a[name].shape for name in a)
-
-    # On-policy with the EMA teacher (a sharded copy): rerunning after the final model is gone resumes from the
-    # step-2 checkpoint (weights, optimizer, EMA average, every process's RNG) and ends on the same weights.
-    on_policy = [*common, "teacher=ema", "teacher.teacher_update_rate=0.5", "train.batch_size=2",
-                 "distributed.strategy=fsdp2"]
-    first = tmp_path / "ema"
-    cli(on_policy, first, processes=2)
-    whole = load_file(first / "final_model" / "model.safetensors")
-    shutil.rmtree(first / "final_model")
-    resumed = cli(on_policy, first, processes=2)
-    assert "Resumed from" in resumed.stdout and "step 2" in resumed.stdout
-    again = load_file(first / "final_model" / "model.safetensors")
-    for name in whole:
-        torch.testing.assert_close(again[name], whole[name], rtol=0, atol=0, msg=name)
+    AutoModelForCausalLM.from_pretrained(tmp_path / "final_model")
+    state = torch.load(tmp_path / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
+    assert state["strategy"] == "fsdp2" and set(reference_weights) <= set(state["model"])  # gathered, whole
+    assert all(state["model"][name].shape == w.shape for name, w in reference_weights.items())
+    rerun_resumes_to_the_same_weights(args, tmp_path, processes=2)  # optimizer state scattered back to the shards
 
 
 def test_the_strategy_follows_accelerates_fsdp_config_and_bad_settings_are_refused(compose_cfg, monkeypatch):
@@ -135,7 +102,7 @@ def test_sdpo_and_sdft_train_sharded(tmp_path):
     """Rewards gathered across processes, masked micro-batches and the self-teacher, all through FSDP's collectives
     (a micro-batch that distills on one process and not on the other must not hang the step)."""
     student = Path(__file__).parents[1] / "distillkit" / "assets" / "tiny" / "self"  # reads hints
-    common = [f"model.student={student}", "train.steps=2", "train.eval_every=0", "train.save_every=0",
+    common = [f"model.student={student}", "train.steps=2", "train.eval_every=0", "train.save_every=1",
               "data.num_eval=8", "data.num_train=64", "train.max_completion_length=4", "tracking.enabled=false",
               "distributed.strategy=fsdp2", "train.batch_size=4", "train.gradient_accumulation_steps=2"]
     sdpo = cli([*common, "method=sdpo", "method.num_generations=2", "method.distillation_weight=0.5",
@@ -143,3 +110,7 @@ def test_sdpo_and_sdft_train_sharded(tmp_path):
     assert sdpo.stdout.count("student accuracy") == 1
     cli([*common, "method=sdft", "data.train=subtraction", "data.eval=subtraction",
          "method.teacher_prompt_template='{privileged_context}|{prompt}'"], tmp_path / "sdft", processes=2)
+    # The EMA teacher (the method's default) is a sharded copy; its checkpointed average is whole.
+    state = torch.load(tmp_path / "sdft" / "checkpoints" / "step_00000001" / "state.pt", weights_only=False)
+    average = state["teacher"]["average"]
+    assert average and all(average[n].shape == state["model"][n].shape for n in average)

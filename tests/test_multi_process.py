@@ -9,28 +9,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from launch import assert_same_weights, cli, free_port, reference_args
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
-
-# `accelerate launch` runs one process on CPU unless MPI is installed; on GPUs it runs torchrun (its
-# multi_gpu_launcher), which is what this test launches directly.
-TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_step(rank: int, world: int, port: int, cfg_dict: dict, num_rows: int, out: dict) -> None:
@@ -139,28 +124,10 @@ def test_on_policy_draws_rollouts_and_sdpo_rewards_agree_across_processes(compos
 
 
 @pytest.mark.slow
-def test_torchrun_trains_to_the_single_process_weights(tiny_pair, tmp_path):
-    student, teacher = tiny_pair
-    common = [f"model.student={student}", f"teacher.model={teacher}", "method.lmbda=0", "train.steps=3",
-              "train.eval_every=0", "train.save_every=2", "data.num_eval=8", "data.num_train=64",
-              "train.max_completion_length=5", "tracking.enabled=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "distillkit.cli", *common, "train.batch_size=4",
-                          "train.gradient_accumulation_steps=2", f"hydra.run.dir={tmp_path / 'one'}"],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([TORCHRUN, "--nproc-per-node=2", "--master-port", str(free_port()), "-m", "distillkit.cli",
-                          *common,
-                          "train.batch_size=2", "train.gradient_accumulation_steps=2",
-                          f"hydra.run.dir={tmp_path / 'two'}"],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("student accuracy") == 1  # one summary, from the main process
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step_00000002"]
-    state = torch.load(tmp_path / "two" / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
+def test_torchrun_trains_to_the_single_process_weights(tiny_pair, reference_weights, tmp_path):
+    cli([*reference_args(*tiny_pair), "train.batch_size=2"], tmp_path, processes=2)
+    assert_same_weights(tmp_path / "final_model", reference_weights)
+    state = torch.load(tmp_path / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
     assert len(state["rng_per_process"]) == 2 and state["rng_per_process"][0]["torch"].ne(
         state["rng_per_process"][1]["torch"]).any()
-    a = load_file(tmp_path / "one" / "final_model" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "final_model" / "model.safetensors")
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert state["strategy"] == "ddp"
