@@ -36,8 +36,8 @@ def teacher_forced_kl(
     for start in range(0, len(scored), batch_size):
         part = scored[start : start + batch_size]
         batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part], pad_id).to(device)
+        theirs = teacher.score(batch, request)  # first: a self-teacher may swap weights and reshard under FSDP
         hs = completion_hidden(student.hidden_states(batch.input_ids, batch.attention_mask), batch)
-        theirs = teacher.score(batch, request)
         ws = student.head.weight[:vocab_size]
         chunk = auto_chunk_size(vocab_size)
         for a in range(0, hs.shape[0], chunk):

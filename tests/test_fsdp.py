@@ -108,9 +108,13 @@ def test_sdpo_and_sdft_train_sharded(tmp_path):
     sdpo = cli([*common, "method=sdpo", "method.num_generations=2", "method.distillation_weight=0.5",
                 "teacher=live", "teacher.model=null"], tmp_path / "sdpo", processes=2)
     assert sdpo.stdout.count("student accuracy") == 1
-    cli([*common, "method=sdft", "data.train=subtraction", "data.eval=subtraction",
-         "method.teacher_prompt_template='{privileged_context}|{prompt}'"], tmp_path / "sdft", processes=2)
+    sdft = [*common, "method=sdft", "data.train=subtraction", "data.eval=subtraction",
+            "method.teacher_prompt_template='{privileged_context}|{prompt}'"]
+    cli(sdft, tmp_path / "sdft", processes=2)
     # The EMA teacher (the method's default) is a sharded copy; its checkpointed average is whole.
     state = torch.load(tmp_path / "sdft" / "checkpoints" / "step_00000001" / "state.pt", weights_only=False)
     average = state["teacher"]["average"]
     assert average and all(average[n].shape == state["model"][n].shape for n in average)
+    # Under LoRA the EMA teacher is the student's own (sharded) module with the averaged adapter swapped in.
+    cli([*sdft, "model.lora={r: 4, lora_alpha: 8, target_modules: all-linear}"], tmp_path / "lora", processes=2)
+    assert (tmp_path / "lora" / "final_model" / "adapter_model.safetensors").exists()

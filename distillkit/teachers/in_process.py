@@ -16,7 +16,7 @@ from distillkit.batch import SequenceBatch, completion_hidden
 from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.losses.chunked_head import auto_chunk_size, project
 from distillkit.models import decoder_and_head
-from distillkit.sharding import shard
+from distillkit.sharding import is_sharded, shard
 from distillkit.teachers.teacher import Teacher
 
 
@@ -50,6 +50,8 @@ class InProcessTeacher(Teacher):
             hidden = completion_hidden(self.parts.hidden_states(batch.input_ids, batch.attention_mask), batch)
             weight = self.parts.head.weight[: self.vocab_size].detach()
             if request.signal == "hidden":
+                if is_sharded(self.model):  # a gathered head is freed when the teacher's module is resharded
+                    weight = weight.clone()
                 return TeacherTokens(hidden=hidden, head_weight=weight)
             return score_tokens(hidden, weight, batch.completion_targets(), request)
 
