@@ -37,7 +37,23 @@ def load_causal_lm(
     kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    return AutoModelForCausalLM.from_pretrained(name, **kwargs).to(device)
+    model = AutoModelForCausalLM.from_pretrained(name, **kwargs).to(device)
+    sync_from_first_process(model)
+    return model
+
+
+def sync_from_first_process(model: torch.nn.Module) -> None:
+    """Under `accelerate launch` with an FSDP config that has `fsdp_cpu_ram_efficient_loading` (accelerate's
+    default), transformers reads the weights on each machine's first process only and fills the others with zeros,
+    expecting the trainer to copy them over: copy them from process 0."""
+    import torch.distributed as dist
+    from transformers.distributed.fsdp import is_fsdp_enabled
+
+    if not is_fsdp_enabled():
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
 
 def context_length(config) -> int | None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-# `accelerate launch` runs one process on CPU unless MPI is installed; on GPUs it runs torchrun (its
-# multi_gpu_launcher), which is what the tests launch directly.
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+ACCELERATE = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+CONF = Path(__file__).parents[1] / "conf" / "accelerate"
 
 
 def free_port() -> int:
@@ -24,10 +24,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli(args: list[str], out_dir: Path, processes: int = 1) -> subprocess.CompletedProcess:
-    """`python -m distillkit.cli ARGS` (or torchrun of it), asserting it succeeds."""
-    launcher = [TORCHRUN, f"--nproc-per-node={processes}", "--master-port", str(free_port())] if processes > 1 else [
-        sys.executable]
+def cli(args: list[str], out_dir: Path, processes: int = 1, accelerate_config: str | None = None
+        ) -> subprocess.CompletedProcess:
+    """`python -m distillkit.cli ARGS`, or with several processes `accelerate launch --config_file
+    conf/accelerate/<accelerate_config>.yaml` of it (which starts torchrun), or torchrun itself; asserts success."""
+    if accelerate_config:
+        launcher = [ACCELERATE, "launch", "--config_file", str(CONF / f"{accelerate_config}.yaml"),
+                    "--num_processes", str(processes), "--main_process_port", str(free_port())]
+    elif processes > 1:
+        launcher = [TORCHRUN, f"--nproc-per-node={processes}", "--master-port", str(free_port())]
+    else:
+        launcher = [sys.executable]
     done = subprocess.run([*launcher, "-m", "distillkit.cli", *args, f"hydra.run.dir={out_dir}"], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -50,11 +57,12 @@ def assert_same_weights(saved_model_dir: Path, expected: dict[str, torch.Tensor]
         torch.testing.assert_close(got[name], tensor, rtol=rtol, atol=atol, msg=name)
 
 
-def rerun_resumes_to_the_same_weights(args: list[str], out_dir: Path, processes: int) -> None:
+def rerun_resumes_to_the_same_weights(args: list[str], out_dir: Path, processes: int,
+                                      accelerate_config: str | None = None) -> None:
     """Remove the finished run's final model and run it again: it resumes from its step-2 checkpoint and must end
     on exactly the same weights."""
     whole = load_file(out_dir / "final_model" / "model.safetensors")
     shutil.rmtree(out_dir / "final_model")
-    resumed = cli(args, out_dir, processes)
+    resumed = cli(args, out_dir, processes, accelerate_config)
     assert "Resumed from" in resumed.stdout and "step 2" in resumed.stdout
     assert_same_weights(out_dir / "final_model", whole, rtol=0, atol=0)

@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-2 (`distributed.strategy=deepspeed`) with two real gloo processes on CPU.
 
-- `torchrun` of the CLI trains to the weights of one process with the same global batch (the engine's averaging
+- `accelerate launch --config_file conf/accelerate/deepspeed.yaml` of the CLI trains to the weights of one process with the same global batch (the engine's averaging
   undone, its clipping the same as ours).
 - A checkpoint holds every process's optimizer partition; rerunning resumes from it and ends on the same weights.
 - ZeRO-3 and a missing DeepSpeed are refused before any model loads, with the fix.
@@ -14,17 +14,17 @@ from launch import assert_same_weights, cli, reference_args, rerun_resumes_to_th
 
 
 @pytest.mark.slow
-def test_zero2_torchrun_trains_to_the_single_process_weights_and_resumes_exactly(tiny_pair, reference_weights,
+def test_accelerate_launch_with_zero2_trains_to_the_single_process_weights_and_resumes_exactly(tiny_pair, reference_weights,
                                                                                   tmp_path):
     pytest.importorskip("deepspeed")
-    args = [*reference_args(*tiny_pair), "train.batch_size=2", "distributed.strategy=deepspeed"]
-    cli(args, tmp_path, processes=2)
+    args = [*reference_args(*tiny_pair), "train.batch_size=2"]  # distributed.strategy=auto: the accelerate config
+    cli(args, tmp_path, processes=2, accelerate_config="deepspeed")
     assert_same_weights(tmp_path / "final_model", reference_weights)  # with the clip active in both
     step2 = tmp_path / "checkpoints" / "step_00000002"
     state = torch.load(step2 / "state.pt", weights_only=False)
     assert state["strategy"] == "deepspeed" and state["optimizer"] is None
     assert len(list((step2 / "deepspeed" / "state").glob("*optim_states.pt"))) == 2  # one partition per process
-    rerun_resumes_to_the_same_weights(args, tmp_path, processes=2)  # each process reloads its own partition
+    rerun_resumes_to_the_same_weights(args, tmp_path, 2, "deepspeed")  # each process reloads its own partition
 
 
 def test_zero3_is_refused_with_the_fix(compose_cfg, monkeypatch):

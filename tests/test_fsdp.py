@@ -3,8 +3,9 @@ with the same global batch.
 
 - One optimizer step's loss and gradients match for every loss mode, with a separate live teacher (sharded too),
   the EMA teacher (a sharded copy) and a LoRA student.
-- `torchrun` of the CLI trains to the single-process weights, writes whole (gathered) checkpoints, resumes from
-  one exactly, and saves a loadable final model; SDPO and SDFT (with its sharded EMA teacher) train sharded.
+- `accelerate launch --config_file conf/accelerate/fsdp2.yaml` of the CLI trains to the single-process weights, writes whole (gathered) checkpoints, resumes from
+  one exactly, and saves a loadable final model; under torchrun with `distributed.strategy=fsdp2`, SDPO and SDFT
+  (with its EMA teacher: a sharded copy, or the LoRA student's averaged adapter) train sharded.
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ def test_sharded_processes_give_the_single_process_loss_and_gradients(compose_cf
 
 
 @pytest.mark.slow
-def test_sharded_torchrun_trains_to_the_single_process_weights_and_resumes_exactly(tiny_pair, reference_weights,
+def test_accelerate_launch_with_fsdp2_trains_to_the_single_process_weights_and_resumes_exactly(tiny_pair, reference_weights,
                                                                                    tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     student, _ = tiny_pair
-    args = [*reference_args(*tiny_pair), "train.batch_size=2", "distributed.strategy=fsdp2"]
-    cli(args, tmp_path, processes=2)
+    args = [*reference_args(*tiny_pair), "train.batch_size=2"]  # distributed.strategy=auto: the accelerate config
+    cli(args, tmp_path, processes=2, accelerate_config="fsdp2")
     assert_same_weights(tmp_path / "final_model", reference_weights)
     saved = AutoConfig.from_pretrained(tmp_path / "final_model")
     assert saved.architectures == AutoConfig.from_pretrained(student).architectures  # not the FSDP class
@@ -66,7 +67,7 @@ def test_sharded_torchrun_trains_to_the_single_process_weights_and_resumes_exact
     state = torch.load(tmp_path / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
     assert state["strategy"] == "fsdp2" and set(reference_weights) <= set(state["model"])  # gathered, whole
     assert all(state["model"][name].shape == w.shape for name, w in reference_weights.items())
-    rerun_resumes_to_the_same_weights(args, tmp_path, processes=2)  # optimizer state scattered back to the shards
+    rerun_resumes_to_the_same_weights(args, tmp_path, 2, "fsdp2")  # optimizer state scattered back to the shards
 
 
 def test_the_strategy_follows_accelerates_fsdp_config_and_bad_settings_are_refused(compose_cfg, monkeypatch):

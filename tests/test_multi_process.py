@@ -1,7 +1,8 @@
 """Two real gloo processes against one process with the same global batch.
 
 - One optimizer step's loss and gradients match (off-policy rows, so both see the same tokens).
-- `torchrun` (what `accelerate launch` runs on GPUs) of the CLI trains to the same final weights as one process.
+- `accelerate launch --config_file conf/accelerate/ddp.yaml` (it starts torchrun) of the CLI trains to the same
+  final weights as one process.
 - On-policy draws agree across processes, each process rolls out its own prompts, and SDPO's rewards are the same
   on every process (they are computed on the gathered batch).
 """
@@ -124,8 +125,8 @@ def test_on_policy_draws_rollouts_and_sdpo_rewards_agree_across_processes(compos
 
 
 @pytest.mark.slow
-def test_torchrun_trains_to_the_single_process_weights(tiny_pair, reference_weights, tmp_path):
-    cli([*reference_args(*tiny_pair), "train.batch_size=2"], tmp_path, processes=2)
+def test_accelerate_launch_trains_to_the_single_process_weights(tiny_pair, reference_weights, tmp_path):
+    cli([*reference_args(*tiny_pair), "train.batch_size=2"], tmp_path, processes=2, accelerate_config="ddp")
     assert_same_weights(tmp_path / "final_model", reference_weights)
     state = torch.load(tmp_path / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
     assert len(state["rng_per_process"]) == 2 and state["rng_per_process"][0]["torch"].ne(
