@@ -60,6 +60,7 @@ def zero_config(cfg: DictConfig) -> dict:
         "gradient_clipping": float(train.max_grad_norm),
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # distillkit's torch AdamW, with its own scheduler
+        "zero_force_ds_cpu_optimizer": False,  # ... also when its state is offloaded to host memory
         "steps_per_print": 10**9,
     })
     config.pop("train_batch_size", None)  # DeepSpeed derives it from the two above and the number of processes

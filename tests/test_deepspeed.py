@@ -49,3 +49,22 @@ def test_a_missing_deepspeed_is_refused_with_the_install_command(compose_cfg, mo
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed now raises ImportError
     with pytest.raises(ConfigError, match=r'pip install "distillkit\[deepspeed\]"'):
         validate(compose_cfg("distributed.strategy=deepspeed"))
+
+
+def test_the_engine_config_takes_distillkits_keys_over_a_deepspeed_json(compose_cfg, monkeypatch, tmp_path):
+    import json
+
+    from distillkit.zero import zero_config
+
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text(json.dumps({"train_batch_size": 999, "gradient_clipping": 5.0, "optimizer": {"type": "Adam"},
+                                   "zero_optimization": {"stage": 1, "reduce_bucket_size": 12345}}))
+    cfg = compose_cfg("distributed.strategy=deepspeed", f"distributed.deepspeed_config={ds_json}",
+                      "train.batch_size=3", "train.gradient_accumulation_steps=5", "train.max_grad_norm=0.5",
+                      "model.dtype=bfloat16")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+    config = zero_config(cfg)
+    assert config["zero_optimization"] == {"stage": 1, "reduce_bucket_size": 12345, "offload_optimizer": {"device": "cpu"}}
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (3, 5)
+    assert config["gradient_clipping"] == 0.5 and "train_batch_size" not in config and "optimizer" not in config
+    assert config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
