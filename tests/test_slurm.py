@@ -73,20 +73,24 @@ def test_slurm_sweep_with_a_preempted_job_lands_both_child_runs_in_mlflow(tmp_pa
         assert (child.data.tags.get("distillkit.resumed") == "true") == (child.info.run_id == run_id)
 
 
-def test_a_two_task_slurm_job_trains_as_two_processes_and_tracks_once(tmp_path):
+def test_two_task_slurm_jobs_train_as_two_processes_ddp_and_fsdp2_and_track_once(tmp_path):
     import torch
 
     sweep_dir = tmp_path / "sweep"
     out = subprocess.run(
         [DISTILLKIT, "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=4", "method.lmbda=0", "train.steps=3",
-         *TINY, "train.batch_size=4", "train.save_every=2", f"hydra.sweep.dir={sweep_dir}"],
+         *TINY, "train.batch_size=4", "train.save_every=2", "distributed.strategy=ddp,fsdp2",
+         f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    state = torch.load(sweep_dir / "0" / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
-    assert len(state["rng_per_process"]) == 2  # submitit's two tasks joined one process group
+    for job, strategy in enumerate(["ddp", "fsdp2"]):
+        state = torch.load(sweep_dir / str(job) / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
+        assert len(state["rng_per_process"]) == 2  # submitit's two tasks joined one process group
+        assert state["strategy"] == strategy
     client, runs = runs_of(tmp_path)
     _, children = parent_and_children(runs)
-    assert len(children) == 1 and children[0].info.status == "FINISHED"  # rank 0 alone tracks
-    history = client.get_metric_history(children[0].info.run_id, "train/loss")
-    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)  # rank 0 alone tracks
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == [1, 2, 3]
