@@ -72,3 +72,34 @@ def maximum_dataset(num_examples: int, seed: int, digits: int = 3) -> Dataset:
     hi = 10**digits - 1
     rows = [maximum_example(rng.randint(0, hi), rng.randint(0, hi), digits) for _ in range(num_examples)]
     return Dataset.from_list(rows)
+
+
+# Lettered demonstrations (for `distillkit/assets/tiny/self_v3`): the demonstration is written in a notation the
+# model never writes itself, every digit d as the letter LETTER_DIGITS[d] (`78` -> `hi`), while its native answers
+# are digits. An off-policy demonstration in miniature: SFT on it teaches the model to write letters; a self-teacher
+# that reads it in context (`hi|123-045=` -> `78<eos>`, what self_v3 was trained on) gives native-format targets.
+LETTER_DIGITS = "abcdefghij"
+LETTERED_ALPHABET = HINTED_ALPHABET + LETTER_DIGITS
+_TO_LETTERS = str.maketrans("0123456789", LETTER_DIGITS)
+_FROM_LETTERS = str.maketrans(LETTER_DIGITS, "0123456789")
+
+
+def to_letters(text: str) -> str:
+    """Every digit of `text` as its letter: `to_letters("78") == "hi"`; other characters are kept."""
+    return text.translate(_TO_LETTERS)
+
+
+def from_letters(text: str) -> str:
+    """The inverse of `to_letters`: `from_letters("hi") == "78"`."""
+    return text.translate(_FROM_LETTERS)
+
+
+def with_lettered_demonstration(example: dict[str, str]) -> dict[str, str]:
+    """The same problem, its `privileged_context` the lettered answer; `completion` stays the native answer."""
+    return {**example, "privileged_context": to_letters(example["completion"])}
+
+
+def subtraction_lettered_dataset(num_examples: int, seed: int, digits: int = 3) -> Dataset:
+    """`subtraction_dataset(num_examples, seed)` (same rows), the demonstration written in letters."""
+    rows = [with_lettered_demonstration(row) for row in subtraction_dataset(num_examples, seed, digits)]
+    return Dataset.from_list(rows)

@@ -9,7 +9,12 @@ from datasets import Dataset, load_dataset
 from omegaconf import DictConfig, OmegaConf
 
 from distillkit.data.addition import addition_dataset
-from distillkit.data.hinted_tasks import addition_hinted_dataset, maximum_dataset, subtraction_dataset
+from distillkit.data.hinted_tasks import (
+    addition_hinted_dataset,
+    maximum_dataset,
+    subtraction_dataset,
+    subtraction_lettered_dataset,
+)
 from distillkit.errors import ConfigError
 
 BUILTIN_TASKS = {
@@ -17,6 +22,7 @@ BUILTIN_TASKS = {
     "addition_hinted": addition_hinted_dataset,
     "subtraction": subtraction_dataset,
     "maximum": maximum_dataset,
+    "subtraction_lettered": subtraction_lettered_dataset,
 }
 FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
