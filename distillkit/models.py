@@ -47,7 +47,7 @@ def sync_from_first_process(model: torch.nn.Module) -> None:
     default), transformers reads the weights on each machine's first process only and fills the others with zeros,
     expecting the trainer to copy them over: copy them from process 0."""
     import torch.distributed as dist
-    from transformers.distributed.fsdp import is_fsdp_enabled
+    from transformers.integrations import is_fsdp_enabled
 
     if not is_fsdp_enabled():
         return
