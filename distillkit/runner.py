@@ -342,8 +342,8 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
 
 
 def same_forwards_on_every_process(micros: list) -> None:
-    """Under FSDP every forward is a collective, so every process must score the same micro-batches with the
-    teacher. A micro-batch that has no teacher batch here (e.g. SDPO: no rollout in it was reprompted) but has one
+    """Under FSDP every forward, and under DeepSpeed every backward, is a collective, so every process must run the
+    same micro-batches with the same terms. A micro-batch that has no teacher batch here (e.g. SDPO: no rollout in it was reprompted) but has one
     on another process gets the student's own view with every token masked out: a forward with no loss."""
     everyone, _ = gather_lists([[m.teacher is not None for m in micros]])
     for i, micro in enumerate(micros):
