@@ -98,7 +98,7 @@ class DecoderAndHead:
 
     decoder: torch.nn.Module
     head: torch.nn.Module
-    root: torch.nn.Module | None = None  # the causal LM; set when it is FSDP-sharded
+    root: torch.nn.Module | None = None  # the causal LM: under FSDP its forward is what gathers the shards
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.root is not None and is_sharded(self.root):

@@ -343,8 +343,9 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
 
 def same_forwards_on_every_process(micros: list) -> None:
     """Under FSDP every forward, and under DeepSpeed every backward, is a collective, so every process must run the
-    same micro-batches with the same terms. A micro-batch that has no teacher batch here (e.g. SDPO: no rollout in it was reprompted) but has one
-    on another process gets the student's own view with every token masked out: a forward with no loss."""
+    same micro-batches with the same terms. A micro-batch that has no teacher batch here (e.g. SDPO: no rollout in
+    it was reprompted) but has one on another process gets the student's own view with every token masked out: a
+    forward with no loss."""
     everyone, _ = gather_lists([[m.teacher is not None for m in micros]])
     for i, micro in enumerate(micros):
         if micro.teacher is None and any(flags[i] for flags in everyone):
@@ -462,10 +463,12 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
         # Every process's RNG streams and method state (its rollout buffer), so each one resumes exactly.
         rngs, _ = gather_lists([rng or rng_state()])
         methods, _ = gather_lists([parts.method.state_dict() if method_state is None else method_state])
-        # Whole tensors, gathered from the shards under FSDP (collectives: every process takes part). Under
-        # DeepSpeed the optimizer state stays partitioned: every process writes its own into the staged folder.
-        model, teacher = trainable_state(parts.student, model_state(parts.student)), parts.teacher.state_dict()
-        optimizer = None if parts.engine else optimizer_state(parts.student, parts.optimizer)
+        # Whole tensors, gathered from the shards under FSDP (collectives: every process takes part; otherwise only
+        # the main process needs them). Under DeepSpeed the optimizer state stays partitioned: every process writes
+        # its own into the staged folder.
+        if main or parts.sharded:
+            model, teacher = trainable_state(parts.student, model_state(parts.student)), parts.teacher.state_dict()
+            optimizer = None if parts.engine else optimizer_state(parts.student, parts.optimizer)
         staged = stage_checkpoint(checkpoints, step) if main else None
         if parts.engine is not None:
             barrier()

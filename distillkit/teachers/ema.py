@@ -32,14 +32,18 @@ class EmaTeacher(InProcessTeacher):
         self.adapter_only = is_peft(student)
         if self.adapter_only:
             self.bind(student, vocab_size)
-            self.average = {n: p.detach().clone() for n, p in self._pairs()}
+            self.average = self._adapter_copy()
         else:
             self.bind(freeze(copy.deepcopy(student)), vocab_size)
 
     def shard(self, student: torch.nn.Module, reshard_after_forward: bool) -> None:
         super().shard(student, reshard_after_forward)
         if self.adapter_only:  # the average takes the sharded layout of the adapter it follows
-            self.average = {n: p.detach().clone() for n, p in self._pairs()}
+            self.average = self._adapter_copy()
+
+    def _adapter_copy(self) -> dict[str, torch.Tensor]:
+        """The averaged tensors' current values in the student (sharded like the student's)."""
+        return {n: p.detach().clone() for n, p in self._pairs()}
 
     def _pairs(self):
         """(name, student parameter) for every averaged tensor."""
@@ -66,7 +70,7 @@ class EmaTeacher(InProcessTeacher):
             return
         reshard(self.student)
         with torch.no_grad():
-            live = {n: p.detach().clone() for n, p in self._pairs()}
+            live = self._adapter_copy()
             for name, param in self._pairs():
                 param.copy_(self.average[name])
         try:
