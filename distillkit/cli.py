@@ -64,7 +64,8 @@ def train(cfg: DictConfig) -> float:
 
 register_resolvers()  # at import: a submitit job unpickles `train` and composes its config in a fresh process
 
-SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server", "compare": "distillkit.compare"}
+SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server", "compare": "distillkit.compare",
+               "fetch-model": "distillkit.real_models", "make-student": "distillkit.make_student"}
 
 
 # Hydra plugins that come with an extra: without them Hydra only says it cannot find the config group option.
