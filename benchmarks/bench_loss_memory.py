@@ -61,10 +61,11 @@ def make_inputs(args, device):
 
 
 def loss_distillkit(h_s, w_s, h_t, w_t, targets, beta, temperature):
+    from distillkit.lm_head import LMHead
     from distillkit.losses import FullDivergence, StudentTokens, TeacherTokens
 
     div = FullDivergence(beta=beta, temperature=temperature)
-    out = div(StudentTokens(h_s, w_s, targets), TeacherTokens(hidden=h_t, head_weight=w_t))
+    out = div(StudentTokens(h_s, LMHead(w_s), targets), TeacherTokens(hidden=h_t, head=LMHead(w_t)))
     out.loss_sum.backward()
     return out.loss_sum
 

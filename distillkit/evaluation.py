@@ -6,7 +6,7 @@ import torch
 
 from distillkit.batch import collate, completion_hidden
 from distillkit.losses.base import TeacherRequest
-from distillkit.losses.chunked_head import at_least_fp32, auto_chunk_size, project
+from distillkit.losses.chunked_head import at_least_fp32, auto_chunk_size
 from distillkit.losses.math import add_tail_bucket, kl
 from distillkit.models import DecoderAndHead
 
@@ -38,12 +38,12 @@ def teacher_forced_kl(
         batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part], pad_id).to(device)
         theirs = teacher.score(batch, request)  # first: a self-teacher may swap weights and reshard under FSDP
         hs = completion_hidden(student.hidden_states(batch.input_ids, batch.attention_mask), batch)
-        ws = student.head.weight[:vocab_size]
+        head = student.lm_head(vocab_size)
         chunk = auto_chunk_size(vocab_size)
         for a in range(0, hs.shape[0], chunk):
-            s = torch.log_softmax(project(hs[a : a + chunk], ws), -1)
+            s = torch.log_softmax(head.logits(hs[a : a + chunk]), -1)
             if full:
-                t = torch.log_softmax(project(theirs.hidden[a : a + chunk], theirs.head_weight), -1)
+                t = torch.log_softmax(theirs.head.logits(theirs.hidden[a : a + chunk]), -1)
             else:
                 t = add_tail_bucket(at_least_fp32(theirs.topk_logprobs[a : a + chunk]))
                 s = add_tail_bucket(s.gather(-1, theirs.topk_ids[a : a + chunk].long()))

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from distillkit.errors import ConfigError  # noqa: F401  (re-exported: older imports name it from here)
+from distillkit.lm_head import LMHead, lm_head
 from distillkit.sharding import is_sharded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -100,6 +101,10 @@ class DecoderAndHead:
     head: torch.nn.Module
     root: torch.nn.Module | None = None  # the causal LM: under FSDP its forward is what gathers the shards
 
+    def lm_head(self, vocab_size: int | None = None) -> LMHead:
+        """The head as the model applies it (bias, logit scale, softcap), cut to `vocab_size` rows."""
+        return lm_head(self.root, vocab_size)
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.root is not None and is_sharded(self.root):
             return self._hidden_states_through_root(input_ids, attention_mask)
@@ -124,12 +129,6 @@ def last_hidden_state(decoder_output) -> torch.Tensor:
 
 def decoder_and_head(model: torch.nn.Module) -> DecoderAndHead:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for attr in ("final_logit_softcapping", "logit_scale"):
-        if getattr(base.config, attr, None) not in (None, 1.0):
-            raise ConfigError(
-                f"{type(base).__name__} transforms its logits ({attr}); distillkit's chunked LM-head losses do "
-                "not apply that transform yet. Use a model without it."
-            )
     return DecoderAndHead(base.get_decoder(), base.get_output_embeddings(), base)
 
 

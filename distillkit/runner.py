@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from distillkit.distributed import (
 from distillkit.evaluation import exact_match, teacher_forced_kl
 from distillkit.generation import HFGenerator
 from distillkit.generation.vllm import check_servable
+from distillkit.lm_head import check_head_matches_model
 from distillkit.losses import StudentTokens
 from distillkit.losses.policy import PPOClipTerm
 from distillkit.methods import RolloutContext
@@ -58,6 +59,7 @@ from distillkit.models import (
     load_tokenizer,
     shared_vocab_size,
 )
+from distillkit.precision import MixedPrecision
 from distillkit.preemption import PreemptionGuard
 from distillkit.serve.client import TeacherError
 from distillkit.sharding import (
@@ -84,7 +86,7 @@ class Summary:
     teacher_accuracy: float = float("nan")
     teacher_kl: list[float] = field(default_factory=list)  # [before, after]
     tokens_per_s: float = 0.0
-    steps: int = 0
+    steps: int = 0  # optimizer steps taken, counted (a resumed run counts the steps before the kill too)
     run_id: str | None = None
     ui_command: str = ""
     final_model_dir: str = ""
@@ -222,6 +224,7 @@ class Parts:
     process: ProcessInfo
     optimizer: torch.optim.Optimizer
     scheduler: object
+    precision: MixedPrecision
     strategy: str = "ddp"  # several processes: ddp, fsdp2 (student and separate teachers sharded) or deepspeed
     engine: ZeroEngine | None = None  # deepspeed: backward, reduction, clipping and step go through it
 
@@ -239,6 +242,7 @@ def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = Non
     tokenizer, method, teacher = prepared.tokenizer, prepared.method, prepared.teacher
     student = load_causal_lm(cfg.model.student, cfg.model.dtype, device, cfg.model.trust_remote_code,
                              cfg.model.get("attn_implementation"))
+    check_head_matches_model(student, decoder_and_head(student).hidden_states, f"The student {cfg.model.student}")
     if cfg.model.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.model.lora:
@@ -262,7 +266,7 @@ def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = Non
         params=params, process=process, optimizer=optimizer,
         scheduler=get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                 num_training_steps=cfg.train.steps),
-        strategy=strategy, engine=engine,
+        precision=MixedPrecision(cfg.train.get("mixed_precision", "no"), device), strategy=strategy, engine=engine,
     )
 
 
@@ -299,11 +303,11 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
         if micro.teacher is not None:
             with clock("teacher"):
                 teacher_tokens = parts.teacher.score(micro.teacher.to(parts.device), parts.divergence.teacher_request())
-        with clock("update"):
+        with clock("update"), parts.precision.autocast():
             hidden = parts.student_parts.hidden_states(batch.input_ids, batch.attention_mask)
-            weight = parts.student_parts.head.weight[: parts.vocab_size]
             student_tokens = StudentTokens(
-                completion_hidden(hidden, batch), weight, batch.completion_targets(),
+                completion_hidden(hidden, batch), parts.student_parts.lm_head(parts.vocab_size),
+                batch.completion_targets(),
                 weights=to_device(micro.distill_weights, parts.device),
                 old_logprobs=to_device(micro.old_logprobs, parts.device), is_clip=method.distillation_is_clip,
             )
@@ -312,10 +316,11 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
                 term = PPOClipTerm(to_device(micro.advantages, parts.device),
                                    to_device(micro.old_logprobs, parts.device), method.epsilon, method.epsilon_high)
             out = parts.divergence(student_tokens, teacher_tokens, term, method.distillation_weight)
+        with clock("update"):
             if parts.engine is not None:
                 parts.engine.backward(out.loss_sum / norm, last_of_step=i == last)
             else:
-                (out.loss_sum / norm).backward()
+                parts.precision.scale(out.loss_sum / norm).backward()
         if method.num_iterations > 1:  # the first step's become pi_old of the reuse steps to come
             micro.token_logprobs = out.token_logprobs.cpu()
         loss = out.loss_sum.item() / norm
@@ -327,7 +332,7 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
     sums = sum_across_processes({**{k: metrics[k] for k in loss_keys}, **sums})  # one collective for all
     metrics.update({k: sums.pop(k) for k in loss_keys})
     token_norm = max(metrics["train/tokens"], 1)
-    metrics["train/kl"] = sums.get("kl", 0.0) / norm
+    metrics["train/kl"] = sums.get("kl", 0.0) / max(sums.get("kl_tokens", 0.0), 1)  # over distilled tokens only
     metrics["train/entropy"] = sums.get("entropy", 0.0) / token_norm
     if "distillation" in sums:
         metrics["train/distillation_loss"] = sums["distillation"] / norm
@@ -362,7 +367,7 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
     cfg = parts.cfg
     context = RolloutContext(parts.generator, parts.teacher_generator, parts.tokenizer,
                              cfg.train.gradient_accumulation_steps, cfg.train.seed)
-    with clock("generate"):
+    with clock("generate"), parts.precision.autocast():
         micros = parts.method.micro_batches(step, rows, context)
     metrics = accumulate_gradients(parts, micros, clock)
     with clock("update"):
@@ -371,8 +376,9 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
         else:
             if not parts.sharded:  # FSDP's reduce-scatter already summed them
                 all_reduce_gradients(parts.params)  # the sum over processes is the whole step's gradient
+            parts.precision.unscale(parts.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, cfg.train.max_grad_norm)
-            parts.optimizer.step()
+            parts.precision.step(parts.optimizer)
             parts.optimizer.zero_grad(set_to_none=True)
         parts.scheduler.step()
     parts.teacher.after_optimizer_step(step + 1)
@@ -428,6 +434,7 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
         else:
             load_optimizer_state(parts.student, parts.optimizer, state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
+        parts.precision.load_state_dict(state.get("precision", {}))
         parts.teacher.load_state_dict(state["teacher"])
         parts.method.load_state_dict(own_share(state, "method", parts.process) or {})
         parts.generator.sync(parts.student, force=True)  # a separate engine (vLLM) gets the resumed weights
@@ -436,7 +443,7 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
     tracker = Tracker(cfg.tracking.enabled and main, cfg.tracking.tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
     tracker.start(cfg, overrides or [], output_dir, run_tags(cfg), sweep)
     if resume_from is not None:
-        summary = state["summary"]
+        summary = Summary(**state["summary"])
         set_rng_state(own_share(state, "rng", parts.process))  # last: nothing before the loop draws from them
         print(f"Resumed from {resume_from} (step {start_step}).")
     else:
@@ -476,8 +483,8 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
             barrier()
         if main:
             commit_checkpoint(checkpoints, step, {
-                "model": model, "optimizer": optimizer, "scheduler": parts.scheduler.state_dict(),
-                "teacher": teacher, "summary": summary, "strategy": parts.strategy,
+                "model": model, "optimizer": optimizer, "scheduler": parts.scheduler.state_dict(), "precision": parts.precision.state_dict(),
+                "teacher": teacher, "summary": asdict(summary), "strategy": parts.strategy,
                 "method": methods[0], "method_per_process": methods, "rng_per_process": rngs,
             }, keep_last=cfg.train.keep_checkpoints, rng=rngs[0])
         barrier()
@@ -494,6 +501,7 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
             tracker.end(status="FAILED")
             raise
         done = step + 1
+        summary.steps += 1
         progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             tracker.log(metrics, step=done)
@@ -516,7 +524,6 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
     summary.student_accuracy.append(after["eval/accuracy"])
     summary.teacher_kl.append(after["eval/teacher_kl"])
     summary.tokens_per_s = clock.tokens_per_s()
-    summary.steps = cfg.train.steps
     final_dir = output_dir / "final_model"
     final_state = model_state(parts.student) if parts.sharded else None  # gathered by every process
     if main:

@@ -7,6 +7,7 @@ from omegaconf import DictConfig, open_dict
 
 from distillkit.generation.vllm import require_vllm
 from distillkit.models import DTYPES, ConfigError
+from distillkit.precision import check_mixed_precision
 from distillkit.sharding import sharding_strategy
 from distillkit.zero import require_deepspeed, zero_config
 
@@ -62,6 +63,8 @@ def validate(cfg: DictConfig) -> None:
     for key, dtype in (("model.dtype", cfg.model.dtype), ("teacher.dtype", cfg.teacher.get("dtype", "float32"))):
         if dtype not in DTYPES:
             raise ConfigError(f"{key}={dtype!r} is not one of {sorted(DTYPES)}.")
+    check_mixed_precision(train.get("mixed_precision", "no"), cfg.model.dtype, sharding_strategy(cfg),
+                          lora=bool(cfg.model.lora))
     check_device(cfg)
     check_liger(cfg)
     if choice(cfg, "generation") == "vllm":

@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from launch import assert_same_weights, cli, reference_args, rerun_resumes_to_the_same_weights
+
+from distillkit.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow
@@ -21,7 +22,7 @@ def test_accelerate_launch_with_zero2_trains_to_the_single_process_weights_and_r
     cli(args, tmp_path, processes=2, accelerate_config="deepspeed")
     assert_same_weights(tmp_path / "final_model", reference_weights)  # with the clip active in both
     step2 = tmp_path / "checkpoints" / "step_00000002"
-    state = torch.load(step2 / "state.pt", weights_only=False)
+    state = load_checkpoint(step2)
     assert state["strategy"] == "deepspeed" and state["optimizer"] is None
     assert len(list((step2 / "deepspeed" / "state").glob("*optim_states.pt"))) == 2  # one partition per process
     rerun_resumes_to_the_same_weights(args, tmp_path, 2, "deepspeed")  # each process reloads its own partition

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from distillkit.batch import collate, completion_hidden
+from distillkit.lm_head import LMHead
 from distillkit.losses import StudentTokens, TeacherTokens
 from distillkit.losses.full import liger_inputs
 from distillkit.models import ConfigError
@@ -19,8 +20,8 @@ def test_liger_gets_completion_rows_only():
     batch = collate([[5, 6, 7, 8], [5]], [[9, 1], [9, 9, 1]], pad_id=0)  # prompts of 4 and 1, completions 2 and 3
     hidden = torch.arange(2 * 6 * 2, dtype=torch.float32).reshape(2, 6, 2)  # width 6 = 4 + 2
     teacher_hidden = hidden * 10
-    student = StudentTokens(completion_hidden(hidden, batch), torch.ones(12, 2), batch.completion_targets())
-    teacher = TeacherTokens(hidden=completion_hidden(teacher_hidden, batch), head_weight=torch.ones(12, 2))
+    student = StudentTokens(completion_hidden(hidden, batch), LMHead(torch.ones(12, 2)), batch.completion_targets())
+    teacher = TeacherTokens(hidden=completion_hidden(teacher_hidden, batch), head=LMHead(torch.ones(12, 2)))
     s_h, s_w, t_h, t_w = liger_inputs(student, teacher)
     assert s_h.shape == (5, 2) and t_h.shape == (5, 2)  # 5 completion tokens, not 2 x 6 positions
     # row 0 predicts its completion from positions 3, 4; row 1 from positions 0, 1, 2
@@ -29,7 +30,7 @@ def test_liger_gets_completion_rows_only():
 
 
 def test_liger_inputs_refuse_a_top_k_teacher():
-    student = StudentTokens(torch.zeros(3, 2), torch.zeros(5, 2), torch.zeros(3, dtype=torch.long))
+    student = StudentTokens(torch.zeros(3, 2), LMHead(torch.zeros(5, 2)), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="hidden states"):
         liger_inputs(student, TeacherTokens(topk_logprobs=torch.zeros(3, 2), topk_ids=torch.zeros(3, 2)))
 

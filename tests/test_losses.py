@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from distillkit.lm_head import LMHead
 from distillkit.losses import (
     FullDivergence,
     SampledDivergence,
@@ -162,7 +163,7 @@ def sampled_teacher(case: Case, temperature: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ harness
 def teacher_tokens(mode: str, case: Case, temperature: float, k: int = K) -> TeacherTokens:
     if mode == "full":
-        return TeacherTokens(hidden=case.t_hidden, head_weight=case.t_head)
+        return TeacherTokens(hidden=case.t_hidden, head=LMHead(case.t_head))
     if mode == "topk":
         values, ids = teacher_topk(case, temperature, k)
         return TeacherTokens(topk_logprobs=values, topk_ids=ids)
@@ -172,7 +173,7 @@ def teacher_tokens(mode: str, case: Case, temperature: float, k: int = K) -> Tea
 def run_lib(div, mode, case, temperature, k=K, grad_h=True, grad_w=True, upstream=1.0):
     h = case.hidden.clone().requires_grad_(grad_h)
     w = case.head.clone().requires_grad_(grad_w)
-    out = div(StudentTokens(h, w, case.targets, case.weights), teacher_tokens(mode, case, temperature, k))
+    out = div(StudentTokens(h, LMHead(w), case.targets, case.weights), teacher_tokens(mode, case, temperature, k))
     if grad_h or grad_w:
         (upstream * out.loss_sum).backward()
     return out, h.grad, w.grad
@@ -186,11 +187,13 @@ def run_ref(ref, case):
     weights = torch.ones_like(per_token) if case.weights is None else case.weights.double()
     loss = (per_token * weights).sum()
     loss.backward()
-    return loss.detach(), h.grad, w.grad, kl.sum().item(), entropy.sum().item()
+    distilled = weights > 0  # the KL metric covers the distilled (unmasked) tokens only
+    return loss.detach(), h.grad, w.grad, kl[distilled].sum().item(), entropy.sum().item()
 
 
 def assert_matches(out, g_h, g_w, ref_out, upstream=1.0, check_stats=True):
-    """Loss and grads against the reference; the stats are plain (unweighted) sums over the tokens."""
+    """Loss and grads against the reference; the stats are plain (unweighted) sums over the tokens (the KL over the
+    unmasked ones)."""
     loss, r_h, r_w, r_kl, r_ent = ref_out
     torch.testing.assert_close(out.loss_sum.detach().double(), loss, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(g_h.double(), upstream * r_h, atol=ATOL, rtol=RTOL)
@@ -340,7 +343,7 @@ def test_gradient_flows_to_parameters_before_the_head(mode):
     hidden = x.float() @ a_lib
     w = case.head.clone().requires_grad_(True)
     out = make_div(mode)(
-        StudentTokens(hidden, w, case.targets, case.weights), teacher_tokens(mode, case, 0.7)
+        StudentTokens(hidden, LMHead(w), case.targets, case.weights), teacher_tokens(mode, case, 0.7)
     )
     out.loss_sum.backward()
 
@@ -415,7 +418,7 @@ def test_gradcheck_float64(mode, add_tail):
     if mode != "sampled":
 
         def f(h, w):
-            return div(StudentTokens(h, w, case.targets, case.weights), teacher).loss_sum
+            return div(StudentTokens(h, LMHead(w), case.targets, case.weights), teacher).loss_sum
 
     else:
         # The sampled loss's value is not the function its gradient differentiates: with the log-ratio
@@ -425,7 +428,7 @@ def test_gradcheck_float64(mode, add_tail):
         t_y = teacher.token_logprobs.double()
 
         def f(h, w):
-            loss = div(StudentTokens(h, w, case.targets, case.weights), teacher).loss_sum
+            loss = div(StudentTokens(h, LMHead(w), case.targets, case.weights), teacher).loss_sum
             s_y = ref_logp(h, w, 0.7).gather(-1, case.targets[:, None]).squeeze(-1)
             q = 0.5 * (case.weights * (s_y - t_y) ** 2).sum()
             return loss - loss.detach() + q.detach()

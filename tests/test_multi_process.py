@@ -18,6 +18,8 @@ import torch.multiprocessing as mp
 from launch import assert_same_weights, cli, free_port, reference_args
 from omegaconf import OmegaConf
 
+from distillkit.checkpoint import load_checkpoint
+
 
 def one_step(rank: int, world: int, port: int, cfg_dict: dict, num_rows: int, out: dict) -> None:
     """Build the run's parts, give this process its share of `num_rows` rows, and run one step's backward."""
@@ -128,7 +130,7 @@ def test_on_policy_draws_rollouts_and_sdpo_rewards_agree_across_processes(compos
 def test_accelerate_launch_trains_to_the_single_process_weights(tiny_pair, reference_weights, tmp_path):
     cli([*reference_args(*tiny_pair), "train.batch_size=2"], tmp_path, processes=2, accelerate_config="ddp")
     assert_same_weights(tmp_path / "final_model", reference_weights)
-    state = torch.load(tmp_path / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "checkpoints" / "step_00000002")
     assert len(state["rng_per_process"]) == 2 and state["rng_per_process"][0]["torch"].ne(
         state["rng_per_process"][1]["torch"]).any()
     assert state["strategy"] == "ddp"

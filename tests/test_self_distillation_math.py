@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from distillkit.lm_head import LMHead
 from distillkit.losses import SampledDivergence, StudentTokens, TeacherTokens, TopKDivergence
 from distillkit.losses.policy import PPOClipTerm
 from distillkit.methods.micro_batch import split_evenly
@@ -82,7 +83,7 @@ def test_is_clip_reweights_the_distillation_term_by_hand():
     mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
     teacher = TeacherTokens(token_logprobs=teacher_logp.gather(-1, targets[:, None]).squeeze(-1))
     out = SampledDivergence(beta=1.0, temperature=1.0)(
-        StudentTokens(hidden, weight, targets, weights=mask, old_logprobs=old, is_clip=2.0), teacher)
+        StudentTokens(hidden, LMHead(weight), targets, weights=mask, old_logprobs=old, is_clip=2.0), teacher)
     ratio = torch.tensor([math.exp(-1), 2.0, 1.0, math.exp(-2), math.exp(0.1)], dtype=torch.float64)
     per_token = (token - teacher.token_logprobs).detach() * token
     naive = (per_token * ratio * mask).sum()
@@ -99,7 +100,7 @@ def test_mixed_loss_is_w_distillation_plus_one_minus_w_policy():
     teacher = TeacherTokens(topk_logprobs=top.values, topk_ids=top.indices)
     divergence = TopKDivergence(beta=0.5, temperature=1.0, k=4)
     adv = torch.tensor([1.0, -0.5, 0.0, 2.0, -1.0], dtype=torch.float64)
-    student = StudentTokens(hidden, weight, targets)
+    student = StudentTokens(hidden, LMHead(weight), targets)
     w = 0.3
     mixed = divergence(student, teacher, PPOClipTerm(adv, None, 0.2, 0.2), w)
     distill = divergence(student, teacher).loss_sum

@@ -74,7 +74,7 @@ def test_slurm_sweep_with_a_preempted_job_lands_both_child_runs_in_mlflow(tmp_pa
 
 
 def test_two_task_slurm_jobs_train_as_two_processes_ddp_and_fsdp2_and_track_once(tmp_path):
-    import torch
+    from distillkit.checkpoint import load_checkpoint
 
     sweep_dir = tmp_path / "sweep"
     out = subprocess.run(
@@ -85,7 +85,7 @@ def test_two_task_slurm_jobs_train_as_two_processes_ddp_and_fsdp2_and_track_once
         cwd=tmp_path, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     for job, strategy in enumerate(["ddp", "fsdp2"]):
-        state = torch.load(sweep_dir / str(job) / "checkpoints" / "step_00000002" / "state.pt", weights_only=False)
+        state = load_checkpoint(sweep_dir / str(job) / "checkpoints" / "step_00000002")
         assert len(state["rng_per_process"]) == 2  # submitit's two tasks joined one process group
         assert state["strategy"] == strategy
     client, runs = runs_of(tmp_path)

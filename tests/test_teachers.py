@@ -118,7 +118,7 @@ def test_self_teacher_scores_like_the_student_without_grad(compose_cfg):
     assert parts.teacher.model is parts.student
     batch = fixed_batch(prepared.train_rows[:4])
     scores = parts.teacher.score(batch, TeacherRequest("hidden", 1.0))
-    assert not scores.hidden.requires_grad and not scores.head_weight.requires_grad
+    assert not scores.hidden.requires_grad and not scores.head.weight.requires_grad
     metrics = optimizer_step(parts, prepared.train_rows[:4], 0, StepClock())
     assert metrics["train/loss"] == pytest.approx(0.0, abs=1e-6)  # the student is its own teacher
 

@@ -7,6 +7,7 @@ from typing import Literal, Protocol
 
 import torch
 
+from distillkit.lm_head import LMHead
 from distillkit.losses.chunked_head import chunked_head_loss
 
 TeacherSignal = Literal["hidden", "topk", "token"]
@@ -26,7 +27,7 @@ class StudentTokens:
     """The student's completion rows: hidden states before the LM head, the head, and the tokens that follow."""
 
     hidden: torch.Tensor  # [N, H]
-    head_weight: torch.Tensor  # [V, H], already cut to the vocabulary shared with the teacher
+    head: LMHead  # [V, H] (and bias), already cut to the vocabulary shared with the teacher
     targets: torch.Tensor  # [N] the completion tokens
     weights: torch.Tensor | None = None  # [N] per-token weights of the distillation term (masks); None means 1
     old_logprobs: torch.Tensor | None = None  # [N] log-probs at rollout time (reused rollouts): the IS ratio's base
@@ -38,7 +39,7 @@ class TeacherTokens:
     """The teacher's view of the same N completion tokens. Which fields are set depends on the request."""
 
     hidden: torch.Tensor | None = None  # [N, H_t]
-    head_weight: torch.Tensor | None = None  # [V, H_t]
+    head: LMHead | None = None  # [V, H_t] (and bias)
     topk_logprobs: torch.Tensor | None = None  # [N, k], normalized over the whole vocabulary
     topk_ids: torch.Tensor | None = None  # [N, k]
     token_logprobs: torch.Tensor | None = None  # [N] log-prob of the actual completion token
@@ -115,10 +116,13 @@ class Divergence:
                     per_token = per_token * ratio
                     add(stats, "is_ratio", ratio.sum())
                     add(stats, "is_clipped", (ratio >= student.is_clip).sum())
+                distilled = None
                 if student.weights is not None:
                     per_token = per_token * student.weights[rows]
+                    distilled = student.weights[rows] > 0  # masked and skipped tokens are not distilled
                 distillation = per_token.sum()
-                add(stats, "kl", kl.sum())
+                add(stats, "kl", kl.sum() if distilled is None else kl[distilled].sum())
+                add(stats, "kl_tokens", kl.new_tensor(kl.numel()) if distilled is None else distilled.sum())
                 add(stats, "distillation", distillation)
                 loss = loss + weight_of["distillation"] * distillation
             if token_term is not None:
@@ -129,7 +133,7 @@ class Divergence:
                 add(stats, "entropy", -(student_logp.exp() * student_logp).sum())
             return loss
 
-        loss = chunked_head_loss(student.hidden, student.head_weight, chunk_loss, self.chunk_size)
+        loss = chunked_head_loss(student.hidden, student.head, chunk_loss, self.chunk_size)
         sums = {"kl": 0.0, "entropy": 0.0, **{key: float(value) for key, value in stats.items()}}
         return LossOutput(loss, sums, token_logprobs)
 

@@ -10,7 +10,6 @@ import torch
 
 from distillkit.errors import ConfigError
 from distillkit.losses.base import Divergence, LossOutput, StudentTokens, TeacherTokens
-from distillkit.losses.chunked_head import project
 from distillkit.losses.math import generalized_jsd, kl
 
 KERNELS = ("torch", "liger")
@@ -28,7 +27,7 @@ class FullDivergence(Divergence):
 
     def chunk(self, student_logp, teacher: TeacherTokens, targets, rows):
         with torch.no_grad():
-            teacher_logits = project(teacher.hidden[rows], teacher.head_weight)
+            teacher_logits = teacher.head.logits(teacher.hidden[rows])
             teacher_logp = torch.log_softmax(teacher_logits / self.temperature, dim=-1)
         per_token = generalized_jsd(student_logp, teacher_logp, self.beta)
         return per_token, kl(student_logp.detach(), teacher_logp)
@@ -59,10 +58,14 @@ def liger_inputs(student: StudentTokens, teacher: TeacherTokens) -> tuple[torch.
     `StudentTokens.hidden` and `TeacherTokens.hidden` are already cut to completion positions by
     `batch.completion_hidden` before the LM head, so this only checks shapes and lines the two up.
     """
-    if teacher.hidden is None or teacher.head_weight is None:
+    if teacher.hidden is None or teacher.head is None:
         raise ValueError("loss.kernel=liger needs the teacher's hidden states and LM head (an in-process teacher).")
     if student.hidden.shape[0] != teacher.hidden.shape[0]:
         raise ValueError(f"{student.hidden.shape[0]} student rows but {teacher.hidden.shape[0]} teacher rows.")
-    if student.head_weight.shape[0] != teacher.head_weight.shape[0]:
+    if student.head.vocab_size != teacher.head.vocab_size:
         raise ValueError("The student and teacher heads must cover the same (shared) vocabulary.")
-    return student.hidden, student.head_weight, teacher.hidden, teacher.head_weight
+    for head in (student.head, teacher.head):
+        if head.bias is not None or not head.transform.is_identity:
+            raise ConfigError("loss.kernel=liger takes a plain LM head; this model's head has a bias or a logit "
+                              "scale/softcap that Liger's fused JSD does not apply. Use loss.kernel=torch.")
+    return student.hidden, student.head.weight, teacher.hidden, teacher.head.weight

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -30,6 +30,19 @@ class MicroBatch:
     @property
     def has_loss(self) -> bool:
         return self.teacher is not None or self.advantages is not None
+
+    def to_state(self) -> dict:
+        """Plain data and tensors, for a checkpoint (no pickled objects)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["student"] = vars(self.student).copy()
+        state["teacher"] = None if self.teacher is None else vars(self.teacher).copy()
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> MicroBatch:
+        student = SequenceBatch(**state["student"])
+        teacher = None if state["teacher"] is None else SequenceBatch(**state["teacher"])
+        return cls(**{**state, "student": student, "teacher": teacher})
 
 
 @dataclass

@@ -71,10 +71,11 @@ class SelfDistillationMethod:
 
     def state_dict(self) -> dict:
         """The rollouts being reused: a resume in the middle of a cycle continues with the same ones."""
-        return {"cycle": self._cycle, "micros": self._micros}
+        return {"cycle": self._cycle, "micros": [micro.to_state() for micro in self._micros]}
 
     def load_state_dict(self, state: dict) -> None:
-        self._cycle, self._micros = state.get("cycle"), state.get("micros", [])
+        self._cycle = state.get("cycle")
+        self._micros = [MicroBatch.from_state(micro) for micro in state.get("micros", [])]
 
 
 def grouped(items: list, n: int) -> list:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from distillkit.losses.chunked_head import auto_chunk_size, project
+from distillkit.lm_head import check_head_matches_model
+from distillkit.losses.chunked_head import auto_chunk_size
 from distillkit.models import (
     context_length,
     decoder_and_head,
@@ -95,6 +96,7 @@ class TeacherEngine:
              **kwargs) -> TeacherEngine:
         tokenizer = load_tokenizer(name, trust_remote_code)
         model = freeze(load_causal_lm(name, dtype, device, trust_remote_code))
+        check_head_matches_model(model, decoder_and_head(model).hidden_states, f"The teacher {name}")
         return cls(model, tokenizer, name, device, **kwargs)
 
     # ---- the API side (any thread) ----
@@ -207,16 +209,12 @@ class TeacherEngine:
             return empty
         h = torch.cat([r for r in rows if r is not None])
         assert h.shape[0] == n, (h.shape, n)
-        weight = self.parts.head.weight[: job.vocab_size]
-        bias = getattr(self.parts.head, "bias", None)
+        head = self.parts.lm_head(job.vocab_size)
         target = torch.tensor(targets, dtype=torch.long, device=h.device)
-        chunk = auto_chunk_size(weight.shape[0])
+        chunk = auto_chunk_size(head.vocab_size)
         lp, ids, tok_lp, tok_ids, ranks = [], [], [], [], []
         for s in range(0, n, chunk):
-            logits = project(h[s : s + chunk], weight)
-            if bias is not None:
-                logits = logits + bias[: job.vocab_size].float()
-            logp = torch.log_softmax(logits / job.temperature, dim=-1)
+            logp = torch.log_softmax(head.logits(h[s : s + chunk]) / job.temperature, dim=-1)
             values, top = logp.topk(k, dim=-1)
             t = target[s : s + chunk]
             t = torch.where(t < 0, top[:, 0], t)

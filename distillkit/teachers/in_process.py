@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import torch
 
 from distillkit.batch import SequenceBatch, completion_hidden
+from distillkit.lm_head import LMHead
 from distillkit.losses.base import TeacherRequest, TeacherTokens
-from distillkit.losses.chunked_head import auto_chunk_size, project
+from distillkit.losses.chunked_head import auto_chunk_size
 from distillkit.models import decoder_and_head
 from distillkit.sharding import is_sharded, shard
 from distillkit.teachers.teacher import Teacher
@@ -48,20 +49,20 @@ class InProcessTeacher(Teacher):
     def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:
         with self.active(), eval_mode(self.model):
             hidden = completion_hidden(self.parts.hidden_states(batch.input_ids, batch.attention_mask), batch)
-            weight = self.parts.head.weight[: self.vocab_size].detach()
+            head = self.parts.lm_head(self.vocab_size).detached()
             if request.signal == "hidden":
                 if is_sharded(self.model):  # a gathered head is freed when the teacher's module is resharded
-                    weight = weight.clone()
-                return TeacherTokens(hidden=hidden, head_weight=weight)
-            return score_tokens(hidden, weight, batch.completion_targets(), request)
+                    head = head.cloned()
+                return TeacherTokens(hidden=hidden, head=head)
+            return score_tokens(hidden, head, batch.completion_targets(), request)
 
 
-def score_tokens(hidden, weight, targets, request: TeacherRequest) -> TeacherTokens:
+def score_tokens(hidden: torch.Tensor, head: LMHead, targets: torch.Tensor, request: TeacherRequest) -> TeacherTokens:
     """Top-k or actual-token log-probs at the loss temperature, computed in chunks of rows."""
-    chunk = auto_chunk_size(weight.shape[0])
+    chunk = auto_chunk_size(head.vocab_size)
     topk_lp, topk_ids, token_lp = [], [], []
     for start in range(0, max(hidden.shape[0], 1), chunk):  # one empty chunk keeps the shapes for N=0
-        logp = torch.log_softmax(project(hidden[start : start + chunk], weight) / request.temperature, -1)
+        logp = torch.log_softmax(head.logits(hidden[start : start + chunk]) / request.temperature, -1)
         if request.signal == "topk":
             values, ids = logp.topk(min(request.k, logp.shape[-1]), dim=-1)
             topk_lp.append(values)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from distillkit.lm_head import check_head_matches_model
 from distillkit.models import freeze, load_causal_lm
 from distillkit.teachers.in_process import InProcessTeacher
 
@@ -22,3 +23,4 @@ class LiveTeacher(InProcessTeacher):
             self.bind(student, vocab_size)  # self-distillation: the same module, scored without grad
             return
         self.bind(freeze(load_causal_lm(self.model_name, self.dtype, device, self.trust_remote_code)), vocab_size)
+        check_head_matches_model(self.model, self.parts.hidden_states, f"The teacher {self.model_name}")

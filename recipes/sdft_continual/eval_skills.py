@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from distillkit.checkpoint import load_checkpoint
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -123,7 +125,7 @@ def models_in(path: Path, base: Path):
     tokenizer = AutoTokenizer.from_pretrained(base)
     for ckpt in sorted((path / "checkpoints").glob("step_*")):
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+        state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         yield int(ckpt.name.split("_")[1]), model, tokenizer
     final = path / "final_model"
