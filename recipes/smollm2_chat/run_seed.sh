@@ -18,7 +18,9 @@ mkdir -p "$results" "$work"
 now() { date +%s.%N; }
 t_start=$(now)
 
-teacher=$(python -m distillkit.cli fetch-model smollm2-135m-instruct)   # converts once (about a minute), then cached
+# converts once (about a minute), then cached; its last line is the folder (DeepSpeed, imported by accelerate when
+# installed, may print a warning to stdout before it)
+teacher=$(python -m distillkit.cli fetch-model smollm2-135m-instruct | tail -n 1)
 t_fetch=$(now)
 student=$work/student_l${layers//,/-}
 [ -f "$student/config.json" ] || python -m distillkit.cli make-student --from "$teacher" --layers "$layers" --out "$student"
