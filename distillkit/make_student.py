@@ -22,6 +22,7 @@ In Python: `derive_student(model, layers)` (in place, returns the model) and `ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -184,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
     try:
-        make_student(args.source, parse_layers(args.layers), args.out, force=args.force, verify=args.verify,
-                     trust_remote_code=args.trust_remote_code,
-                     log=lambda text: print(f"distillkit make-student: {text}", file=sys.stderr))
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the folder alone
+            make_student(args.source, parse_layers(args.layers), args.out, force=args.force, verify=args.verify,
+                         trust_remote_code=args.trust_remote_code,
+                         log=lambda text: print(f"distillkit make-student: {text}", file=sys.stderr))
     except ConfigError as err:
         print(f"distillkit: error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ in `DIR/<name>`). In Python: `distillkit.real_models.smollm2_folder()` returns t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -212,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"distillkit fetch-model: {text}", file=sys.stderr)
 
-    try:
-        if args.gguf is not None:
-            out = args.out or (args.cache_dir or cache_root()) / args.gguf.name.removesuffix(".gguf").lower()
-            folder = convert_gguf(args.gguf, out, force=args.force, log=log)
-        else:
-            folder = fetch_model(args.name, args.cache_dir, force=args.force, log=log)
+    try:  # stdout carries the folder alone (`$(distillkit fetch-model ...)`): anything printed on the way, such as
+        # DeepSpeed's import-time warning, goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            if args.gguf is not None:
+                out = args.out or (args.cache_dir or cache_root()) / args.gguf.name.removesuffix(".gguf").lower()
+                folder = convert_gguf(args.gguf, out, force=args.force, log=log)
+            else:
+                folder = fetch_model(args.name, args.cache_dir, force=args.force, log=log)
     except FetchError as err:
         print(f"distillkit: error: {err}", file=sys.stderr)
         return 2
