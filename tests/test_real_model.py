@@ -178,8 +178,10 @@ def compose_real(pair, data_file, tmp_path, *overrides: str):
     base = [f"model.student={student}", f"data.train={data_file}", f"data.eval={data_file}", "data.chat=true",
             "data.num_train=null", "data.num_eval=4", "train.steps=2", "train.batch_size=2",
             "train.gradient_accumulation_steps=1", "train.max_completion_length=6", "train.eval_every=0",
-            "train.save_every=0", "train.lr=1e-4", "train.warmup_steps=0", "generation.batch_size=8",
+            "train.save_every=0", "train.lr=1e-4", "train.warmup_steps=0",
             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    if "generation=vllm" not in overrides:
+        base.append("generation.batch_size=8")
     if any(o == "teacher=live" for o in overrides):
         base.append(f"teacher.model={teacher}")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
