@@ -51,6 +51,15 @@ def main() -> None:
             values = [r[key] for r in by_seed.values()]
             cells.append(f"{sum(values) / len(values):.1%} ({min(values):.1%}-{max(values):.1%})")
         print(f"| student after {method.upper()} | {','.join(map(str, sorted(by_seed)))} | " + " | ".join(cells) + " |")
+    dev = sorted((args.results / "dev").glob("*.json"))
+    if dev:
+        print()
+        print("Development runs (before the seeds; they chose the settings; results/dev/):")
+        print("| run | settings | " + " | ".join(HEADER.split(" | ")[2:]))
+        print("|---|---|---|---|---|---|---|")
+        for path in dev:
+            result = load(path)
+            print(f"| {path.stem} | {result['settings']} | " + " | ".join(f"{result[k]:.1%}" for k in KEYS) + " |")
     walls = sorted(args.results.glob("wall_s*.json"))
     if walls:
         print()
