@@ -42,22 +42,20 @@ from distillkit.distributed import (
     sum_across_processes,
 )
 from distillkit.evaluation import exact_match, teacher_forced_kl
-from distillkit.generation import HFGenerator
+from distillkit.generation import Generator, HFGenerator
 from distillkit.generation.vllm import check_servable
 from distillkit.lm_head import check_head_matches_model
 from distillkit.losses import StudentTokens
-from distillkit.losses.policy import PPOClipTerm
 from distillkit.methods import RolloutContext
+from distillkit.methods.method import Method
 from distillkit.models import (
     ConfigError,
     apply_lora,
     context_length,
     decoder_and_head,
-    embedding_rows,
     load_causal_lm,
     load_model_config,
     load_tokenizer,
-    shared_vocab_size,
 )
 from distillkit.precision import MixedPrecision
 from distillkit.preemption import PreemptionGuard
@@ -73,6 +71,7 @@ from distillkit.sharding import (
 )
 from distillkit.sweep import SweepJob
 from distillkit.teachers.in_process import TeacherGenerator
+from distillkit.teachers.teacher import Teacher
 from distillkit.tracking import Tracker
 from distillkit.validation import SUFFIXES, choice, loss_mode, resolve_device, validate
 from distillkit.zero import CHECKPOINT_FOLDER, ZeroEngine, zero_config
@@ -124,8 +123,7 @@ def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, method):
     require_columns(eval_set, False, "evaluation")
     train_rows = tokenize(train_set, tokenizer, max_prompt_length, needs_completions, "training")
     eval_rows = tokenize(eval_set, tokenizer, max_prompt_length, True, "evaluation")
-    if hasattr(method, "prepare_rows"):  # teacher prompts, tokenized once and checked against the context
-        method.prepare_rows(train_rows, tokenizer, max_prompt_length, max_prompt_length, "training")
+    method.prepare_rows(train_rows, tokenizer, max_prompt_length, max_prompt_length, "training")
     return train_rows, eval_rows
 
 
@@ -142,7 +140,7 @@ def build_object(node, **kwargs):
         raise
 
 
-def check_composition(cfg: DictConfig, method, teacher):
+def check_composition(cfg: DictConfig, method: Method, teacher: Teacher):
     """Refuse a method x teacher x loss combination that cannot work, before anything loads."""
     divergence = build_object(cfg.loss, beta=method.beta, temperature=method.temperature)
     if divergence.signal not in teacher.signals:
@@ -151,11 +149,7 @@ def check_composition(cfg: DictConfig, method, teacher):
             f"it returns only {' / '.join(teacher.signals)} (a server sends top-k and token log-probs, not "
             "hidden states or full logits). Use loss=topk or loss=sampled."
         )
-    if getattr(method, "seq_kd", False) and method.lmbda < 1 and not getattr(teacher, "can_generate", True):
-        raise ConfigError(
-            f"method.seq_kd=true needs a teacher that generates in process; teacher={choice(cfg, 'teacher')} only "
-            "scores. Set method.seq_kd=false, or use teacher=live with teacher.model."
-        )
+    method.check_teacher(teacher.describe(), choice(cfg, "teacher"))
     return divergence
 
 
@@ -163,8 +157,8 @@ def check_composition(cfg: DictConfig, method, teacher):
 class Prepared:
     """Everything settled before a model loads: the parsed objects, the shared vocabulary and the token ids."""
 
-    method: object
-    teacher: object
+    method: Method
+    teacher: Teacher
     tokenizer: object
     vocab_size: int
     train_rows: list[dict]
@@ -181,19 +175,9 @@ def prepare(cfg: DictConfig) -> Prepared:
     student_config = load_model_config(cfg.model.student, cfg.model.trust_remote_code)
     if choice(cfg, "generation") == "vllm":
         check_servable(student_config, on_cuda=resolve_device(cfg.device).type == "cuda")
-    configs = [student_config]
-    contexts = []
-    if getattr(teacher, "remote", False):  # asks the server: /health, /info, tokenizer hash, k limit
-        vocab_size = teacher.shared_vocab_size(tokenizer, embedding_rows(student_config))
-        teacher.check_request(request)
-        contexts.append(teacher.context_length)
-    elif teacher.model_name is None:  # the teacher is (a version of) the student itself
-        vocab_size = embedding_rows(student_config)
-    else:
-        configs.append(load_model_config(teacher.model_name, teacher.trust_remote_code))
-        teacher_tokenizer = load_tokenizer(teacher.model_name, teacher.trust_remote_code)
-        vocab_size = shared_vocab_size(tokenizer, teacher_tokenizer, student_config, configs[1])
-    contexts = [c for c in [*contexts, *map(context_length, configs)] if c]
+    teacher.check_request(request)
+    vocab_size = teacher.shared_vocab_size(tokenizer, student_config)  # a server is asked; a model's config read
+    contexts = [c for c in (teacher.context_length, context_length(student_config)) if c]
     max_prompt_length = (min(contexts) if contexts else 10**9) - cfg.train.max_completion_length
     if max_prompt_length < 1:
         raise ConfigError(
@@ -211,15 +195,15 @@ class Parts:
 
     cfg: DictConfig
     device: torch.device
-    method: object
-    teacher: object
+    method: Method
+    teacher: Teacher
     tokenizer: object
     vocab_size: int
     student: torch.nn.Module
     student_parts: object
     divergence: object
-    generator: object
-    teacher_generator: object
+    generator: Generator
+    teacher_generator: TeacherGenerator | None
     params: list
     process: ProcessInfo
     optimizer: torch.optim.Optimizer
@@ -272,7 +256,7 @@ def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = Non
 
 def teacher_generator(cfg: DictConfig, teacher, tokenizer, greedy: bool = False) -> TeacherGenerator | None:
     """Sampling (seq_kd) or greedy decoding (the teacher's accuracy) with the teacher's weights; None if remote."""
-    if not getattr(teacher, "can_generate", True):
+    if not teacher.can_generate:
         return None
     kwargs = {"max_completion_length": cfg.train.max_completion_length} if greedy else _generation_kwargs(cfg)
     return TeacherGenerator(HFGenerator(**kwargs).bind(teacher.model, tokenizer), teacher)
@@ -288,15 +272,18 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
     method = parts.method
     if parts.strategy != "ddp":  # each backward (and each FSDP forward) is a collective
         same_forwards_on_every_process(micros)
-    last = max((i for i, m in enumerate(micros) if m.has_loss), default=-1)
+    terms = [method.token_term(m, parts.device) for m in micros]  # SDPO's PPO-clip term, SFT's cross-entropy
+    has_loss = [m.teacher is not None or term is not None for m, term in zip(micros, terms, strict=True)]
+    last = max((i for i, loses in enumerate(has_loss) if loses), default=-1)
     step_tokens = all_reduce_sum(sum(m.loss_tokens for m in micros), parts.device)
     norm = max(step_tokens, 1)
     completion_tokens = sum(m.student.num_completion_tokens for m in micros)
     sums: dict[str, float] = {}
     metrics = {"train/loss": 0.0, "train/loss_on_policy": 0.0, "train/loss_off_policy": 0.0,
-               "train/tokens": all_reduce_sum(completion_tokens, parts.device)}
-    for i, micro in enumerate(micros):
-        if not micro.has_loss:  # e.g. SDPO w=1 and no rollout in it was reprompted: nothing to learn from
+               "train/tokens": all_reduce_sum(completion_tokens, parts.device),
+               "train/micro_batches_with_loss": float(sum(has_loss))}
+    for i, (micro, term) in enumerate(zip(micros, terms, strict=True)):
+        if not has_loss[i]:  # e.g. SDPO w=1 and no rollout in it was reprompted: nothing to learn from
             continue
         batch = micro.student.to(parts.device)
         teacher_tokens = None
@@ -311,10 +298,6 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
                 weights=to_device(micro.distill_weights, parts.device),
                 old_logprobs=to_device(micro.old_logprobs, parts.device), is_clip=method.distillation_is_clip,
             )
-            term = None
-            if micro.advantages is not None:
-                term = PPOClipTerm(to_device(micro.advantages, parts.device),
-                                   to_device(micro.old_logprobs, parts.device), method.epsilon, method.epsilon_high)
             out = parts.divergence(student_tokens, teacher_tokens, term, method.distillation_weight)
         with clock("update"):
             if parts.engine is not None:
@@ -336,8 +319,9 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
     metrics["train/entropy"] = sums.get("entropy", 0.0) / token_norm
     if "distillation" in sums:
         metrics["train/distillation_loss"] = sums["distillation"] / norm
-    if "policy" in sums:
+    if "policy" in sums:  # the method's token term (SDPO's PPO-clip term, SFT's cross-entropy)
         metrics["train/policy_loss"] = sums["policy"] / norm
+    if "policy_clipped" in sums:
         metrics["train/policy_clipped_fraction"] = sums["policy_clipped"] / token_norm
         metrics["train/policy_ratio_mean"] = sums["policy_ratio"] / token_norm
     if "is_ratio" in sums:
@@ -372,7 +356,7 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
     metrics = accumulate_gradients(parts, micros, clock)
     with clock("update"):
         if parts.engine is not None:  # reduced in the backward; the engine clips, steps and zeroes
-            grad_norm = parts.engine.step() if any(m.has_loss for m in micros) else 0.0
+            grad_norm = parts.engine.step() if metrics["train/micro_batches_with_loss"] else 0.0
         else:
             if not parts.sharded:  # FSDP's reduce-scatter already summed them
                 all_reduce_gradients(parts.params)  # the sum over processes is the whole step's gradient
@@ -408,8 +392,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None, s
         with PreemptionGuard() as guard:
             return train(cfg, output_dir, overrides, prepared, parts, sweep, guard)
     finally:
-        if hasattr(parts.generator, "close"):  # a colocated vLLM engine holds memory until shut down
-            parts.generator.close()
+        parts.generator.close()  # a colocated vLLM engine holds memory until shut down
 
 
 def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepared: Prepared, parts: Parts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, open_dict
 
 from distillkit.generation.vllm import require_vllm
@@ -10,9 +11,6 @@ from distillkit.models import DTYPES, ConfigError
 from distillkit.precision import check_mixed_precision
 from distillkit.sharding import sharding_strategy
 from distillkit.zero import require_deepspeed, zero_config
-
-DEFAULT_BETA = {"full": 0.5, "topk": 0.5, "sampled": 1.0}
-
 
 SUFFIXES = {"method": "", "teacher": "Teacher", "loss": "Divergence", "generation": "Generator"}
 
@@ -28,11 +26,11 @@ def loss_mode(cfg: DictConfig) -> str:
 
 
 def resolve_beta(cfg: DictConfig) -> None:
-    """`method.beta: null` means the loss's natural default: 0.5 (JSD) for full/topk, 1 (reverse KL) for sampled."""
-    mode = loss_mode(cfg)
-    if cfg.method.get("beta") is None:
+    """`method.beta: null` means the loss's natural default: 0.5 (JSD) for full/topk, 1 (reverse KL) for sampled.
+    A method without a `beta` key (sft) has no divergence to resolve it for."""
+    if "beta" in cfg.method and cfg.method.beta is None:
         with open_dict(cfg):
-            cfg.method.beta = DEFAULT_BETA[mode]
+            cfg.method.beta = get_class(cfg.loss._target_).default_beta
 
 
 def check_unit_interval(name: str, value) -> None:
@@ -48,14 +46,8 @@ def validate(cfg: DictConfig) -> None:
             check_unit_interval(f"method.{key}", method[key])
     if float(method.temperature) <= 0:
         raise ConfigError(f"method.temperature={method.temperature} must be > 0.")
-    mode = loss_mode(cfg)
-    if mode == "sampled" and float(method.beta) != 1.0:
-        raise ConfigError(
-            f"loss=sampled estimates reverse KL on the sampled tokens, so it needs method.beta=1 (got "
-            f"{method.beta}). Set method.beta=1, or use loss=full / loss=topk for forward KL or the JSD."
-        )
-    if mode == "topk" and int(cfg.loss.k) < 1:
-        raise ConfigError(f"loss.k={cfg.loss.k} must be >= 1.")
+    if "beta" in method:
+        get_class(cfg.loss._target_).check_options(method.beta, cfg.loss)
     train = cfg.train
     for key in ("steps", "batch_size", "gradient_accumulation_steps", "max_completion_length"):
         if int(train[key]) < 1:
@@ -102,13 +94,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_liger(cfg: DictConfig) -> None:
-    """The fused kernel computes the plain JSD: GKD only, and liger-kernel must be importable."""
+    """The fused kernel computes the plain generalized JSD: the loss must have one, the method must need nothing
+    more, and liger-kernel must be importable."""
     if cfg.loss.get("kernel", "torch") != "liger":
         return
-    if choice(cfg, "method") != "gkd":
+    if not get_class(cfg.method._target_).plain_divergence:
         raise ConfigError(
             f"loss.kernel=liger computes the plain generalized JSD; method={choice(cfg, 'method')} needs token masks, "
-            "importance weights or a policy term, which the fused kernel lacks. Use loss.kernel=torch."
+            "importance weights or a token term, which the fused kernel lacks. Use loss.kernel=torch."
         )
     import importlib.util
 

@@ -32,6 +32,7 @@ from distillkit.serve.client import (
 )
 from distillkit.serve.protocol import decode_response, encode_response
 from distillkit.teachers.remote import RemoteTeacher
+from distillkit.teachers.teacher import TeacherDescription
 
 FAST = {"retries": 1, "backoff": 0.01, "connect_timeout": 0.5}
 
@@ -108,10 +109,12 @@ def test_setup_info_tokenizer_and_hidden(server, model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     teacher = remote(server)
-    assert teacher.model is None and teacher.parts is None and teacher.model_name is None
-    assert teacher.k_max == 16 and teacher.context_length == 64
+    assert teacher.context_length == 64  # asked from the server's /info
+    assert teacher.describe() == TeacherDescription(("topk", "token"), can_generate=False, k_max=16)
     teacher.check_tokenizer(AutoTokenizer.from_pretrained(model_dir))
-    assert teacher.shared_vocab_size(AutoTokenizer.from_pretrained(model_dir), 20) == VOCAB
+    from transformers import AutoConfig
+
+    assert teacher.shared_vocab_size(AutoTokenizer.from_pretrained(model_dir), AutoConfig.from_pretrained(model_dir)) == VOCAB
     other = make_tiny_model(tmp_path / "other", alphabet="abcdefghijklm")
     with pytest.raises(ConfigError, match="different tokenizer"):
         teacher.check_tokenizer(AutoTokenizer.from_pretrained(other))
@@ -120,7 +123,6 @@ def test_setup_info_tokenizer_and_hidden(server, model_dir, tmp_path):
         teacher.score(batch, TeacherRequest("hidden", 1.0))
     with pytest.raises(ConfigError, match="--max-k"):
         remote(server, k_max=3).score(batch, TeacherRequest("topk", 1.0, 4))
-    assert teacher.state_dict() == {} and teacher.after_optimizer_step(1) is None
 
 
 def test_openai_protocol_and_temperature(server, live):

@@ -1,6 +1,7 @@
 """Generation backends: `generate(prompt_ids, n)` gives token-id completions from the current weights."""
 
+from distillkit.generation.generator import Generator
 from distillkit.generation.hf import HFGenerator
 from distillkit.generation.vllm import VLLMGenerator
 
-__all__ = ["HFGenerator", "VLLMGenerator"]
+__all__ = ["Generator", "HFGenerator", "VLLMGenerator"]

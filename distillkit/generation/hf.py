@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from distillkit.generation.generator import Generator
+
 
 def end_token_ids(model: torch.nn.Module, tokenizer) -> set[int]:
     """The tokenizer's end token and any the model's generation config adds (chat models often have several)."""
@@ -22,7 +24,7 @@ def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     return tokens
 
 
-class HFGenerator:
+class HFGenerator(Generator):
     """Batched sampling with `model.generate`. Prompts go in as token ids, completions come out as token ids."""
 
     def __init__(

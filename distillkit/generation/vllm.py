@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from distillkit.errors import ConfigError
+from distillkit.generation.generator import Generator
 from distillkit.generation.hf import cut_at_eos, end_token_ids
 
 CPU_HEAD_DIMS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)  # vLLM's CPU attention refuses others (16 was seen)
@@ -58,7 +59,7 @@ def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
         model.unmerge_adapter()
 
 
-class VLLMGenerator:
+class VLLMGenerator(Generator):
     def __init__(
         self,
         temperature: float = 1.0,

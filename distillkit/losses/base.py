@@ -71,6 +71,12 @@ class Divergence:
     """A loss mode. Subclasses say what they need from the teacher and how one chunk of rows is scored."""
 
     signal: TeacherSignal
+    default_beta: float = 0.5  # what `method.beta: null` resolves to
+    has_fused_kernel: bool = False  # `loss.kernel=liger` exists for it
+
+    @classmethod
+    def check_options(cls, beta: float, options) -> None:
+        """Refuse, before anything loads, a beta or an option (`options`: the loss's config) this loss cannot take."""
 
     def __init__(self, beta: float, temperature: float, chunk_size: int | None = None):
         self.beta = float(beta)

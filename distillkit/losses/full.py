@@ -17,6 +17,7 @@ KERNELS = ("torch", "liger")
 
 class FullDivergence(Divergence):
     signal = "hidden"
+    has_fused_kernel = True
 
     def __init__(self, beta: float, temperature: float, chunk_size: int | None = None, kernel: str = "torch"):
         super().__init__(beta, temperature, chunk_size)

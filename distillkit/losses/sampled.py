@@ -7,12 +7,22 @@ is reverse KL by construction, so it is defined for beta=1 only (the config chec
 
 from __future__ import annotations
 
+from distillkit.errors import ConfigError
 from distillkit.losses.base import Divergence, TeacherTokens
 from distillkit.losses.chunked_head import at_least_fp32
 
 
 class SampledDivergence(Divergence):
     signal = "token"
+    default_beta = 1.0
+
+    @classmethod
+    def check_options(cls, beta: float, options) -> None:
+        if float(beta) != 1.0:
+            raise ConfigError(
+                f"loss=sampled estimates reverse KL on the sampled tokens, so it needs method.beta=1 (got "
+                f"{beta}). Set method.beta=1, or use loss=full / loss=topk for forward KL or the JSD."
+            )
 
     def chunk(self, student_logp, teacher: TeacherTokens, targets, rows):
         student_token = student_logp.gather(-1, targets[:, None].long()).squeeze(-1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from distillkit.errors import ConfigError
 from distillkit.losses.base import Divergence, TeacherRequest, TeacherTokens
 from distillkit.losses.chunked_head import at_least_fp32
 from distillkit.losses.math import add_tail_bucket, generalized_jsd, kl, renormalize
@@ -16,6 +17,11 @@ from distillkit.losses.math import add_tail_bucket, generalized_jsd, kl, renorma
 
 class TopKDivergence(Divergence):
     signal = "topk"
+
+    @classmethod
+    def check_options(cls, beta: float, options) -> None:
+        if int(options.k) < 1:
+            raise ConfigError(f"loss.k={options.k} must be >= 1.")
 
     def __init__(self, beta: float, temperature: float, k: int = 20, add_tail: bool = True, chunk_size=None):
         super().__init__(beta, temperature, chunk_size)

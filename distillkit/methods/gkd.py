@@ -9,13 +9,13 @@ from __future__ import annotations
 import random
 
 from distillkit.batch import collate
+from distillkit.errors import ConfigError
+from distillkit.methods.method import Method
 from distillkit.methods.micro_batch import MicroBatch, RolloutContext
+from distillkit.teachers.teacher import TeacherDescription
 
 
-class GKD:
-    distillation_weight = 1.0  # no policy term
-    distillation_is_clip = None  # rollouts are never reused
-    num_iterations = 1
+class GKD(Method):
 
     def __init__(self, lmbda: float = 1.0, beta: float = 0.5, temperature: float = 1.0, seq_kd: bool = False):
         self.lmbda = float(lmbda)
@@ -27,11 +27,12 @@ class GKD:
     def needs_dataset_completions(self) -> bool:
         return self.lmbda < 1.0 and not self.seq_kd
 
-    def required_columns(self) -> dict[str, str]:
-        return {}
-
-    def prompts_per_step(self, sequences_per_step: int) -> int:
-        return sequences_per_step
+    def check_teacher(self, teacher: TeacherDescription, teacher_choice: str) -> None:
+        if self.seq_kd and self.lmbda < 1 and not teacher.can_generate:
+            raise ConfigError(
+                f"method.seq_kd=true needs a teacher that generates in process; teacher={teacher_choice} only "
+                "scores. Set method.seq_kd=false, or use teacher=live with teacher.model."
+            )
 
     def on_policy_plan(self, step: int, num_micro_batches: int, seed: int) -> list[bool]:
         """One draw per micro-batch, from (seed, step) alone: every process and every resume draws the same."""
@@ -65,12 +66,3 @@ class GKD:
             batch = collate(prompts, chosen, ctx.pad_id)
             batches.append(MicroBatch(batch, batch, on, rows))
         return batches
-
-    def metrics(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

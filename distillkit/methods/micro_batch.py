@@ -27,10 +27,6 @@ class MicroBatch:
     def loss_tokens(self) -> int:
         return self.student.num_completion_tokens if self.num_loss_tokens is None else self.num_loss_tokens
 
-    @property
-    def has_loss(self) -> bool:
-        return self.teacher is not None or self.advantages is not None
-
     def to_state(self) -> dict:
         """Plain data and tensors, for a checkpoint (no pickled objects)."""
         state = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -19,6 +19,7 @@ from distillkit.batch import collate
 from distillkit.data.loading import encode_prompt
 from distillkit.distributed import gather_lists
 from distillkit.errors import ConfigError
+from distillkit.losses.policy import PPOClipTerm
 from distillkit.methods.micro_batch import MicroBatch, RolloutContext, per_token, split_evenly
 from distillkit.methods.self_distillation import SelfDistillationMethod, grouped
 from distillkit.methods.teacher_prompts import check_template, rewrite_prompt
@@ -120,6 +121,13 @@ class SDPO(SelfDistillationMethod):
         self.flat_tolerance = float(diagnostics_flat_tolerance)
         self._degenerate_steps = {"flat": 0, "no_reprompt": 0}
         self._warned_unused_feedback = False
+
+    def token_term(self, micro: MicroBatch, device: torch.device) -> PPOClipTerm | None:
+        """The PPO-clip policy term on rollouts with advantages (all of them unless w = 1)."""
+        if micro.advantages is None:
+            return None
+        old = None if micro.old_logprobs is None else micro.old_logprobs.to(device)
+        return PPOClipTerm(micro.advantages.to(device), old, self.epsilon, self.epsilon_high)
 
     def required_columns(self) -> dict[str, str]:
         if self.include_environment_feedback:

@@ -9,11 +9,12 @@ the first one (its weights then are the rollout policy's) become the old log-pro
 from __future__ import annotations
 
 from distillkit.errors import ConfigError
+from distillkit.methods.method import Method
 from distillkit.methods.micro_batch import MicroBatch, RolloutContext
 
 
-class SelfDistillationMethod:
-    distillation_weight = 1.0
+class SelfDistillationMethod(Method):
+    plain_divergence = False  # token masks, importance weights, SDPO's policy term
 
     def __init__(
         self,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 
 from distillkit.lm_head import check_head_matches_model
-from distillkit.models import freeze, load_causal_lm
+from distillkit.models import (
+    context_length,
+    freeze,
+    load_causal_lm,
+    load_model_config,
+    load_tokenizer,
+    shared_vocab_size,
+)
 from distillkit.teachers.in_process import InProcessTeacher
 
 
@@ -17,6 +24,19 @@ class LiveTeacher(InProcessTeacher):
         self.model_name = model
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
+        self._config = None
+
+    def shared_vocab_size(self, tokenizer, student_config) -> int:
+        """A separate model: its tokenizer must be the student's, and the heads share the rows that cover it."""
+        if self.model_name is None:
+            return super().shared_vocab_size(tokenizer, student_config)
+        self._config = load_model_config(self.model_name, self.trust_remote_code)
+        teacher_tokenizer = load_tokenizer(self.model_name, self.trust_remote_code)
+        return shared_vocab_size(tokenizer, teacher_tokenizer, student_config, self._config)
+
+    @property
+    def context_length(self) -> int | None:
+        return None if self._config is None else context_length(self._config)
 
     def setup(self, device: torch.device, vocab_size: int, student: torch.nn.Module) -> None:
         if self.model_name is None:

@@ -15,6 +15,7 @@ import torch
 from distillkit.batch import SequenceBatch
 from distillkit.errors import ConfigError
 from distillkit.losses.base import TeacherRequest, TeacherTokens
+from distillkit.models import embedding_rows
 from distillkit.serve.client import TeacherClient, TeacherError, TeacherUnavailableError
 from distillkit.serve.protocol import tokenizer_hash
 from distillkit.teachers.teacher import Teacher
@@ -28,7 +29,6 @@ class RemoteTeacher(Teacher):
 
     signals = ("topk", "token")
     can_generate = False  # seq_kd and the teacher's own accuracy need a teacher in process
-    remote = True
 
     def __init__(self, url: str = "http://127.0.0.1:8000", protocol: str = "binary", api_key: str | None = None,
                  k_max: int | None = None, model: str | None = None, timeout: float = 300.0,
@@ -99,8 +99,10 @@ class RemoteTeacher(Teacher):
                 "distillation needs one vocabulary. Serve a teacher from the student's model family."
             )
 
-    def shared_vocab_size(self, tokenizer, student_rows: int) -> int:
-        """The vocabulary rows both LM heads mean the same thing by (as `distillkit.models.shared_vocab_size`)."""
+    def shared_vocab_size(self, tokenizer, student_config) -> int:
+        """The vocabulary rows both LM heads mean the same thing by (as `distillkit.models.shared_vocab_size`):
+        asks the server (/health, /info, the tokenizer hash)."""
+        student_rows = embedding_rows(student_config)
         self.check_tokenizer(tokenizer)
         info = self.connect()
         rows = min(student_rows, int(info["vocab_size"])) if info is not None else student_rows

@@ -3,20 +3,59 @@
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from distillkit.batch import SequenceBatch
+from distillkit.errors import ConfigError
+from distillkit.losses.base import TeacherRequest, TeacherTokens
+from distillkit.models import embedding_rows
 
 
-class Teacher:
-    """Scores completion tokens (`score`), and may change after optimizer steps (`ema`).
+@dataclass(frozen=True)
+class TeacherDescription:
+    """What a teacher can give, said once: methods and losses check their needs against it at start-up."""
 
-    Subclasses set `signals` (which `TeacherRequest`s they answer) and `can_generate` (whether the teacher's
-    weights can sample in this process, for seq_kd and the teacher's accuracy).
-    """
+    signals: tuple[str, ...]  # the TeacherRequest signals it answers: hidden, topk, token
+    can_generate: bool  # its weights can sample in this process (seq_kd, the teacher's own accuracy)
+    k_max: int | None  # the largest top-k it returns; None: no limit
 
-    model_name: str | None = None  # a model to load and compare vocabularies with; None for the student's own
-    trust_remote_code: bool = False
+
+class Teacher(ABC):
+    """Scores completion tokens (`score`), and may change after optimizer steps (`ema`)."""
+
     signals: tuple[str, ...] = ("hidden", "topk", "token")
     can_generate: bool = True
+    k_max: int | None = None
+
+    def describe(self) -> TeacherDescription:
+        return TeacherDescription(self.signals, self.can_generate, self.k_max)
+
+    def shared_vocab_size(self, tokenizer, student_config) -> int:
+        """Start-up, no weights loaded: the vocabulary rows both heads mean the same thing by. A teacher made of the
+        student's own weights shares all of the student's."""
+        return embedding_rows(student_config)
+
+    @property
+    def context_length(self) -> int | None:
+        """The teacher's own context limit, if it has one apart from the student's."""
+        return None
+
+    def check_request(self, request: TeacherRequest) -> None:
+        """Refuse at start-up what the loss will ask and this teacher cannot answer."""
+        if request.signal not in self.signals:
+            raise ConfigError(f"This teacher cannot answer a {request.signal!r} request.")
+
+    @abstractmethod
+    def setup(self, device: torch.device, vocab_size: int, student: torch.nn.Module | None) -> None:
+        """Load or bind the teacher's weights (before the student is sharded)."""
+
+    @abstractmethod
+    def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:
+        """The teacher's view of the batch's completion tokens."""
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
