@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from distillkit.runner import run
 
 
+@pytest.mark.slow
 def test_compare_tables_the_differing_settings_and_plots(compose_cfg, tmp_path):
     for loss in ("topk", "sampled"):
         cfg = compose_cfg(f"loss={loss}", "train.steps=2", "train.eval_every=0", "data.num_eval=8",

@@ -124,6 +124,7 @@ def test_unreachable_teacher_server_is_refused_before_training(compose_cfg, tmp_
         run(cfg, tmp_path)
 
 
+@pytest.mark.slow
 def test_server_dies_mid_run_then_the_run_resumes(tiny_pair, tmp_path):
     """The run writes a checkpoint and exits with a clear error; rerunning the command resumes it."""
     proc, url, log = start_server(tiny_pair[1])

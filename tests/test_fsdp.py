@@ -47,6 +47,7 @@ def run_cases(compose_cfg, cases: dict[str, list[str]]) -> None:
     assert_same_step(dict(single), dict(multi), list(cases))
 
 
+@pytest.mark.slow
 def test_sharded_processes_give_the_single_process_loss_and_gradients(compose_cfg):
     cases = {loss: ["method.lmbda=0", f"loss={loss}", *(["loss.k=8"] if loss == "topk" else [])] for loss in LOSSES}
     cases["ema"] = ["method.lmbda=0", "teacher=ema", "teacher.teacher_update_rate=0.5"]

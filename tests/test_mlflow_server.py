@@ -74,6 +74,7 @@ def mlflow_server(tmp_path, request):
     return url, artifacts
 
 
+@pytest.mark.slow
 def test_a_run_tracks_to_an_mlflow_server(mlflow_server, compose_cfg, tmp_path):
     url, artifacts = mlflow_server
     cfg = compose_cfg(f"tracking.tracking_uri={url}", "train.steps=2", "train.eval_every=0", "data.num_eval=8")

@@ -93,6 +93,7 @@ def each_loss(rank: int, world: int, port: int, cfgs: list[dict], num_rows: int,
         out[(i, rank)] = result[rank]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_loss_and_gradients(compose_cfg):
     def configs(batch: int) -> list[dict]:
         return [resolved(compose_cfg, "method.lmbda=0", f"loss={loss}", *(["loss.k=8"] if loss == "topk" else []),
@@ -112,6 +113,7 @@ def test_two_processes_give_the_single_process_loss_and_gradients(compose_cfg):
             torch.testing.assert_close(two[1]["grads"][name], two[0]["grads"][name], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_on_policy_draws_rollouts_and_sdpo_rewards_agree_across_processes(compose_cfg):
     gkd = resolved(compose_cfg, "method.lmbda=0.5", "train.batch_size=2", "train.gradient_accumulation_steps=4")
     _, two = run_both(None, gkd, 16)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from mlflow.tracking import MlflowClient
 from nbclient import NotebookClient
 
@@ -15,6 +16,7 @@ from distillkit.runner import run
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "compare_runs.ipynb"
 
 
+@pytest.mark.slow
 def test_compare_notebook_runs_on_a_store(compose_cfg, tmp_path, monkeypatch):
     run_ids = []
     for loss in ("topk", "sampled"):

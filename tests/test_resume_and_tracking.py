@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
@@ -28,6 +29,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "final_model" / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_final_weights(tiny_pair, tmp_path):
     db = tmp_path / "mlflow.db"
     straight = tmp_path / "straight"
