@@ -9,7 +9,9 @@ from omegaconf import DictConfig, open_dict
 from distillkit.generation.vllm import require_vllm
 from distillkit.models import DTYPES, ConfigError
 from distillkit.precision import check_mixed_precision
+from distillkit.schema import check_plain_keys
 from distillkit.sharding import sharding_strategy
+from distillkit.trl_keys import check_trl_keys
 from distillkit.zero import require_deepspeed, zero_config
 
 SUFFIXES = {"method": "", "teacher": "Teacher", "loss": "Divergence", "generation": "Generator"}
@@ -39,6 +41,8 @@ def check_unit_interval(name: str, value) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
+    check_plain_keys(cfg)  # `+train.key=...` gets past the typed schema
+    check_trl_keys(cfg)  # `+method.max_new_tokens=...` would reach the method's constructor
     resolve_beta(cfg)
     method = cfg.method
     for key in ("lmbda", "beta"):
