@@ -148,3 +148,16 @@ def check_plain_keys(cfg: Any) -> None:
                 dotted = f"{section.name}.{key}"
                 raise ConfigError(trl_hint(dotted) or f"{dotted} is not a distillkit key; `distillkit --cfg job` "
                                   f"prints every key (the {section.name} section has {', '.join(sorted(known))}).")
+
+
+def check_no_missing_values(cfg: Any) -> None:
+    """Refuse a `???` (MISSING) value the user did not fill (a recipe's `model.student: ???`), by key, before the
+    first read of it raises OmegaConf's MissingMandatoryValue traceback."""
+    from omegaconf import OmegaConf
+
+    from distillkit.errors import ConfigError
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be given (the config leaves {'it' if len(missing) == 1 else 'them'}"
+                          f" as ???): add {' '.join(f'{key}=...' for key in missing)} to the command line.")

@@ -10,7 +10,7 @@ from distillkit.generation.vllm import require_vllm
 from distillkit.model_source import check_model_source
 from distillkit.models import DTYPES, ConfigError
 from distillkit.precision import check_mixed_precision
-from distillkit.schema import check_plain_keys
+from distillkit.schema import check_no_missing_values, check_plain_keys
 from distillkit.sharding import sharding_strategy
 from distillkit.trl_keys import check_trl_keys
 from distillkit.zero import require_deepspeed, zero_config
@@ -42,6 +42,7 @@ def check_unit_interval(name: str, value) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
+    check_no_missing_values(cfg)  # a recipe's `model.student: ???`
     check_plain_keys(cfg)  # `+train.key=...` gets past the typed schema
     check_trl_keys(cfg)  # `+method.max_new_tokens=...` would reach the method's constructor
     check_model_source("model.student", str(cfg.model.student))

@@ -102,6 +102,11 @@ def test_prepare_refuses_model_paths_that_are_not_models(compose_cfg, tmp_path):
         prepare(compose_cfg(f"teacher.model={tmp_path / 'empty_folder'}"))
 
 
+def test_a_value_left_missing_is_named(compose_cfg):
+    with pytest.raises(ConfigError, match=r"model.student must be given"):
+        prepare(compose_cfg("model.student=???"))
+
+
 def test_composition_message_names_options_and_parse_errors():
     from hydra.errors import MissingConfigException, OverrideParseException
 
