@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillkit import ASSETS_DIR, PACKAGE_DIR
 from distillkit.errors import ConfigError
+from distillkit.schema import register_schema
 
 CONF_DIR = PACKAGE_DIR.parent / "conf"
 
@@ -46,6 +47,7 @@ def train(cfg: DictConfig) -> float:
     from distillkit.serve.client import TeacherError
     from distillkit.sweep import current_sweep_job
 
+    hand_back_hydra_errors()  # composition is over: errors from here on get Hydra's own report
     hydra_cfg = HydraConfig.get()
     try:
         summary = run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task),
@@ -63,6 +65,7 @@ def train(cfg: DictConfig) -> float:
 
 
 register_resolvers()  # at import: a submitit job unpickles `train` and composes its config in a fresh process
+register_schema()  # the same: conf/config.yaml's defaults name the typed schema
 
 SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server", "compare": "distillkit.compare",
                "fetch-model": "distillkit.real_models", "make-student": "distillkit.make_student"}
@@ -105,7 +108,44 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars would bury the training bar
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train)()
+    run_hydra(hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train))
+
+
+# Set by `run_hydra` (not by the user): Hydra re-raises composition errors instead of printing them.
+_OWN_FULL_ERROR = "_DISTILLKIT_SET_HYDRA_FULL_ERROR"
+
+
+def run_hydra(entry) -> None:
+    """Run Hydra's entry point, with a composition error (`train.lr=abc`, `method.max_new_tokens=5`, a misspelt
+    key or option) as one `distillkit: error:` line and exit 2, like every other config error.
+
+    Hydra prints composition errors itself unless HYDRA_FULL_ERROR is set, so it is set here for the composition
+    only (`train` unsets it first thing) and the error is caught; a user's own HYDRA_FULL_ERROR keeps Hydra's
+    full traceback.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from distillkit.composition_errors import composition_message
+
+    if "HYDRA_FULL_ERROR" in os.environ:
+        entry()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ[_OWN_FULL_ERROR] = "1"
+    try:
+        entry()
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"distillkit: error: {composition_message(err)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        hand_back_hydra_errors()
+
+
+def hand_back_hydra_errors() -> None:
+    """Unset the HYDRA_FULL_ERROR that `run_hydra` set, so that errors in the run get Hydra's usual report."""
+    if os.environ.pop(_OWN_FULL_ERROR, None):
+        os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,15 @@ def torch_dtype(name: str) -> Any:
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    """The first thing that reads a model name: a hub name that cannot be fetched is refused here, in one line."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError as err:  # transformers' "not a local folder and not reachable / not found on the hub"
+        raise ConfigError(
+            f"Cannot load the model {name!r}: it is not a local folder, and the hub answered: "
+            f"{str(err).strip().splitlines()[0]} Check the name or path (model.student, teacher.model), or fetch "
+            "the model on a machine with hub access."
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -7,9 +7,12 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, open_dict
 
 from distillkit.generation.vllm import require_vllm
+from distillkit.model_source import check_model_source
 from distillkit.models import DTYPES, ConfigError
 from distillkit.precision import check_mixed_precision
+from distillkit.schema import check_no_missing_values, check_plain_keys
 from distillkit.sharding import sharding_strategy
+from distillkit.trl_keys import check_trl_keys
 from distillkit.zero import require_deepspeed, zero_config
 
 SUFFIXES = {"method": "", "teacher": "Teacher", "loss": "Divergence", "generation": "Generator"}
@@ -39,6 +42,12 @@ def check_unit_interval(name: str, value) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
+    check_no_missing_values(cfg)  # a recipe's `model.student: ???`
+    check_plain_keys(cfg)  # `+train.key=...` gets past the typed schema
+    check_trl_keys(cfg)  # `+method.max_new_tokens=...` would reach the method's constructor
+    check_model_source("model.student", str(cfg.model.student))
+    if choice(cfg, "teacher") == "live" and cfg.teacher.get("model") is not None:  # remote's `model` is a name
+        check_model_source("teacher.model", str(cfg.teacher.model))
     resolve_beta(cfg)
     method = cfg.method
     for key in ("lmbda", "beta"):

@@ -9,6 +9,7 @@ from datasets import Dataset, load_dataset
 from omegaconf import DictConfig, OmegaConf
 
 from distillkit.data.addition import addition_dataset
+from distillkit.data.files import FILE_FORMATS, load_data_file
 from distillkit.data.hinted_tasks import (
     addition_hinted_dataset,
     maximum_dataset,
@@ -24,7 +25,6 @@ BUILTIN_TASKS = {
     "maximum": maximum_dataset,
     "subtraction_lettered": subtraction_lettered_dataset,
 }
-FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 def load_examples(
@@ -57,9 +57,7 @@ def load_examples(
     else:
         path = Path(source)
         if path.suffix in FILE_FORMATS:
-            if not path.exists():
-                raise ConfigError(f"Data file {source} does not exist.")
-            dataset = load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
+            dataset = load_data_file(path)  # missing, empty or malformed: refused with the file and line
         elif subset:
             dataset = load_dataset(source, subset, split=split)
         else:
