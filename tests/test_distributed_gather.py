@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -26,6 +27,7 @@ def worker(rank: int, world: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_see_the_same_gathered_batch():
     manager = mp.Manager()
     out = manager.dict()

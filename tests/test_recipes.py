@@ -17,6 +17,7 @@ SHORT = ["train.steps=2", "train.eval_every=0", "data.num_eval=16", "data.num_tr
     ("sdpo_vs_grpo", "sdpo", [], "SDPO"),
     ("sdpo_vs_grpo", "sdpo", ["method.distillation_weight=0"], "SDPO"),
 ])
+@pytest.mark.slow
 def test_recipe_composes_and_runs(tmp_path, recipe, name, extra, method):
     base = [sys.executable, "-m", "distillkit.cli", "--config-dir", str(RECIPES / recipe), "--config-name", name]
     shown = subprocess.run([*base, "--cfg", "job"], capture_output=True, text=True, timeout=120)
