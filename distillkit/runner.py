@@ -8,6 +8,7 @@ completion tokens in the whole optimizer step (all micro-batches, all processes)
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,6 +138,11 @@ def build_object(node, **kwargs):
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if unknown:  # a key added with `+group.key=...` or in a YAML that the class does not take
+            target = node._target_.rsplit(".", 1)[-1]
+            raise ConfigError(f"{unknown.group(1)!r} is not a setting of {target}: check its spelling against "
+                              "`distillkit --cfg job`, or remove it.") from None
         raise
 
 

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 import distillkit.validation
 from distillkit.cli import CONF_DIR, register_resolvers
 from distillkit.data.loading import load_split
+from distillkit.errors import ConfigError
 from distillkit.runner import build_object, check_composition
 from distillkit.validation import validate
 
@@ -91,7 +92,7 @@ def test_recipe_validates_and_composes(on_a_gpu_machine, recipe, name, student, 
 def test_a_refused_recipe_variant_fails_the_checks(on_a_gpu_machine, recipe, name, overrides, match):
     """The checks above have teeth: a refused combination or an invalid key fails them."""
     cfg = compose_recipe(recipe, name, *overrides)
-    with pytest.raises(Exception, match=match):
+    with pytest.raises(ConfigError, match=match):  # a message for the user, not a crash
         validate(cfg)
         check_composition(cfg, build_object(cfg.method), build_object(cfg.teacher))
 

@@ -6,7 +6,10 @@ models only the modes that bound the full forward KL are held to reducing it wit
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 from distillkit.runner import run
 
@@ -29,8 +32,14 @@ def test_variant_runs_and_reduces_the_teacher_kl(compose_cfg, tmp_path, name):
                       "train.lr=3e-3", *VARIANTS[name])
     summary = run(cfg, tmp_path)
     before, after = summary.teacher_kl
-    if name in ("topk-renormalized", "sampled"):
-        assert after == after and after != before  # finite, and the student moved
+    assert math.isfinite(after)
+    if name in ("topk-renormalized", "sampled"):  # not held to the full KL; the weights must still have moved
+        from safetensors.torch import load_file
+
+        final = load_file(tmp_path / "final_model" / "model.safetensors")
+        initial = load_file(f"{cfg.model.student}/model.safetensors")
+        moved = [n for n in initial if not torch.equal(initial[n], final[n])]
+        assert len(moved) == len(initial), f"unchanged: {set(initial) - set(moved)}"
     else:
         assert after < before
     saved = {p.name for p in (tmp_path / "final_model").iterdir()}
