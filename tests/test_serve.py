@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import requests
 import torch
+from launch import free_port
 from tiny_models import make_tiny_model
 
 from distillkit.batch import collate
@@ -33,12 +33,6 @@ from distillkit.teachers.live import LiveTeacher
 API_KEY = "test-key-123"
 VOCAB = 16  # the character tokenizer of tests/tiny_models.py
 CONTEXT = 64
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model_dir: Path, *args: str, env: dict | None = None, timeout: float = 150.0,
