@@ -55,6 +55,8 @@ for _p in (REPO_ROOT, BENCH_DIR):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from bench_gkd_step import sync  # noqa: E402  (one host-device sync helper for every benchmark)
+
 CHECKS = ("liger", "mp", "vllm", "trl")
 # Seconds each check may run (model building included); the overall --budget caps them further.
 TIMEOUTS = {"liger": 120, "mp": 180, "vllm": 240, "trl": 240}
@@ -225,13 +227,6 @@ def device_for(opts):
     if not torch.cuda.is_available():
         raise RuntimeError(f"{NEEDS_CUDA} (torch.cuda.is_available() is False)")
     return torch.device("cuda")
-
-
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def free_memory(device) -> None:

@@ -104,19 +104,19 @@ def check_head_matches_model(model: torch.nn.Module, hidden_states, name: str, t
 
     `hidden_states(input_ids, attention_mask)` is how distillkit reads the decoder's output for this model.
     """
-    vocab = lm_head(model).vocab_size
+    head = lm_head(model)
     device = next(model.parameters()).device
-    ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0)).to(device)
+    ids = torch.randint(0, head.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0)).to(device)
     mask = torch.ones_like(ids)
     was_training = model.training
     model.eval()
     try:
         theirs = at_least_fp32(model(input_ids=ids, attention_mask=mask, use_cache=False).logits[0])
-        ours = lm_head(model).logits(hidden_states(ids, mask)[0])
+        ours = head.logits(hidden_states(ids, mask)[0])
     finally:
         model.train(was_training)
     error = (ours - theirs).abs().max().item()
-    atol = 1e-3 if lm_head(model).weight.dtype in (torch.float32, torch.float64) else 3e-2
+    atol = 1e-3 if head.weight.dtype in (torch.float32, torch.float64) else 3e-2
     scale = max(theirs.abs().max().item(), 1.0)
     if not error <= atol * scale:  # also catches NaN
         raise ConfigError(
