@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from distillkit.lm_head import check_head_matches_model
@@ -24,19 +26,22 @@ class LiveTeacher(InProcessTeacher):
         self.model_name = model
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
-        self._config = None
+
+    @functools.cached_property
+    def _config(self):
+        """The separate teacher's config, read once at start-up (no weights)."""
+        return load_model_config(self.model_name, self.trust_remote_code)
 
     def shared_vocab_size(self, tokenizer, student_config) -> int:
         """A separate model: its tokenizer must be the student's, and the heads share the rows that cover it."""
         if self.model_name is None:
             return super().shared_vocab_size(tokenizer, student_config)
-        self._config = load_model_config(self.model_name, self.trust_remote_code)
         teacher_tokenizer = load_tokenizer(self.model_name, self.trust_remote_code)
         return shared_vocab_size(tokenizer, teacher_tokenizer, student_config, self._config)
 
     @property
     def context_length(self) -> int | None:
-        return None if self._config is None else context_length(self._config)
+        return None if self.model_name is None else context_length(self._config)
 
     def setup(self, device: torch.device, vocab_size: int, student: torch.nn.Module) -> None:
         if self.model_name is None:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 
 from distillkit.batch import SequenceBatch
-from distillkit.errors import ConfigError
 from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.models import embedding_rows
 
@@ -45,9 +44,8 @@ class Teacher(ABC):
         return None
 
     def check_request(self, request: TeacherRequest) -> None:
-        """Refuse at start-up what the loss will ask and this teacher cannot answer."""
-        if request.signal not in self.signals:
-            raise ConfigError(f"This teacher cannot answer a {request.signal!r} request.")
+        """Refuse at start-up a request this teacher cannot answer beyond its `signals` (which
+        `runner.check_composition` already compares with the loss's): a server's top-k limit."""
 
     @abstractmethod
     def setup(self, device: torch.device, vocab_size: int, student: torch.nn.Module | None) -> None:
