@@ -48,9 +48,11 @@ def local_bytes(tensors) -> int:
 
 def optimizer_bytes(parts) -> int:
     """AdamW's state; under DeepSpeed also its fp32 partitions of the weights (what ZeRO splits)."""
-    if parts.engine is None:
+    from distillkit.strategies import DeepSpeedZero
+
+    if not isinstance(parts.strategy, DeepSpeedZero):
         return local_bytes(v for state in parts.optimizer.state.values() for v in state.values() if hasattr(v, "numel"))
-    zero = parts.engine.optimizer
+    zero = parts.strategy.optimizer
     inner = zero.optimizer
     state = local_bytes(v for s in inner.state.values() for v in s.values() if hasattr(v, "numel"))
     return state + local_bytes(zero.single_partition_of_fp32_groups)
@@ -58,9 +60,11 @@ def optimizer_bytes(parts) -> int:
 
 def gradient_bytes(parts) -> int:
     """Gradients held between the backward and the step; under ZeRO-2, the process's partition of them."""
-    if parts.engine is None:
+    from distillkit.strategies import DeepSpeedZero
+
+    if not isinstance(parts.strategy, DeepSpeedZero):
         return local_bytes(p.grad for p in parts.params)
-    zero = parts.engine.optimizer
+    zero = parts.strategy.optimizer
     return local_bytes(g for group in zero.averaged_gradients.values() for g in group) if zero.averaged_gradients \
         else local_bytes(p.grad for p in zero.single_partition_of_fp32_groups)
 
@@ -103,10 +107,7 @@ def worker(args) -> None:
             ctx = RolloutContext(parts.generator, parts.teacher_generator, parts.tokenizer, 1, 0)
             accumulate_gradients(parts, parts.method.micro_batches(step, batch, ctx), clock)
             grads = gradient_bytes(parts)
-            if parts.engine is not None:
-                parts.engine.step()
-            else:
-                parts.optimizer.zero_grad(set_to_none=True)
+            parts.strategy.step(parts.params, parts.optimizer, parts.precision, cfg.train.max_grad_norm, has_loss=True)
         else:
             optimizer_step(parts, batch, step, clock)
         barrier()

@@ -1,11 +1,7 @@
 """Multi-process training: start-up through accelerate, and cross-process reductions that are no-ops in one process.
 
-Data parallelism (`distributed.strategy=ddp`; FSDP2 is `distillkit.sharding`, DeepSpeed ZeRO `distillkit.zero`)
-without a DDP wrapper: every process runs the whole step on its share of the rows, the loss is
-divided by the completion-token count of the whole step across processes, and the gradients are summed
-(`all_reduce_gradients`). The sum is then exactly the single-process gradient of the same global batch. A wrapper
-would average instead, and it needs its own forward to register the backward hooks, which the chunked loss
-bypasses (it reads hidden states and the LM head directly).
+The strategies (`distillkit.strategies`) build on these: data parallelism sums the gradients with
+`all_reduce_gradients`, and every strategy normalizes the loss by the step's token count from `all_reduce_sum`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from distillkit.assembly import Parts, teacher_generator
 from distillkit.batch import collate, completion_hidden
+from distillkit.generation import HFGenerator
 from distillkit.losses.base import TeacherRequest
 from distillkit.losses.chunked_head import at_least_fp32, auto_chunk_size
 from distillkit.losses.math import add_tail_bucket, kl
@@ -50,3 +52,34 @@ def teacher_forced_kl(
             total += kl(t, s).sum().item()
         tokens += hs.shape[0]
     return total / max(tokens, 1)
+
+
+def evaluate(parts: Parts, greedy_student, eval_rows: list[dict]) -> dict[str, float]:
+    """The student's held-out accuracy and its teacher-forced KL to the teacher, in eval mode."""
+    was_training = parts.student.training
+    parts.student.eval()
+    try:
+        return {
+            "eval/accuracy": exact_match(greedy_student, eval_rows),
+            "eval/teacher_kl": teacher_forced_kl(parts.student_parts, parts.teacher, eval_rows,
+                                                 parts.vocab_size, parts.tokenizer.pad_token_id, parts.device),
+        }
+    finally:
+        parts.student.train(was_training)
+
+
+class Evaluator:
+    """A run's evaluations: the student (greedy decoding, KL to the teacher) and, once, the teacher's accuracy."""
+
+    def __init__(self, parts: Parts, rows: list[dict]):
+        self.parts, self.rows = parts, rows
+        length = parts.cfg.train.max_completion_length
+        self.greedy_student = HFGenerator(max_completion_length=length).bind(parts.student, parts.tokenizer)
+        self.greedy_teacher = teacher_generator(parts.cfg, parts.teacher, parts.tokenizer, greedy=True)
+
+    def student(self) -> dict[str, float]:
+        return evaluate(self.parts, self.greedy_student, self.rows)
+
+    def teacher_accuracy(self) -> float:
+        """NaN for a teacher that cannot generate here (a server)."""
+        return exact_match(self.greedy_teacher, self.rows) if self.greedy_teacher else float("nan")

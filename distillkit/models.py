@@ -10,7 +10,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from distillkit.errors import ConfigError  # noqa: F401  (re-exported: older imports name it from here)
 from distillkit.lm_head import LMHead, lm_head
-from distillkit.sharding import is_sharded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -107,14 +106,15 @@ class DecoderAndHead:
 
     decoder: torch.nn.Module
     head: torch.nn.Module
-    root: torch.nn.Module | None = None  # the causal LM: under FSDP its forward is what gathers the shards
+    root: torch.nn.Module | None = None  # the causal LM
+    forward_through_root: bool = False  # set by a strategy whose root forward is what gathers the shards (FSDP)
 
     def lm_head(self, vocab_size: int | None = None) -> LMHead:
         """The head as the model applies it (bias, logit scale, softcap), cut to `vocab_size` rows."""
         return lm_head(self.root, vocab_size)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.root is not None and is_sharded(self.root):
+        if self.forward_through_root:
             return self._hidden_states_through_root(input_ids, attention_mask)
         out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return last_hidden_state(out)

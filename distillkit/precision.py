@@ -8,10 +8,14 @@ low-precision weights are a different thing and stay available as `model.dtype=b
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 
 from distillkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distillkit.strategies import Strategy
 
 AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -21,7 +25,7 @@ def mode_name(mode) -> str:
     return "no" if mode in (False, None) else str(mode)
 
 
-def check_mixed_precision(mode, model_dtype: str, strategy: str, lora: bool = False) -> None:
+def check_mixed_precision(mode, model_dtype: str, strategy: type[Strategy], lora: bool = False) -> None:
     """Refused before anything loads: an unknown mode, low-precision trained weights, or fp16 with sharding. Under
     LoRA only the adapter trains, and peft keeps it fp32 over a low-precision base: that is allowed."""
     mode = mode_name(mode)
@@ -35,10 +39,10 @@ def check_mixed_precision(mode, model_dtype: str, strategy: str, lora: bool = Fa
             "model.dtype=float32 (mixed precision), train.mixed_precision=no (pure low-precision weights), or train a "
             "LoRA adapter (model.lora), which stays fp32 over a low-precision base."
         )
-    if mode == "fp16" and strategy in ("fsdp2", "deepspeed"):
+    if mode == "fp16" and not strategy.runs_loss_scaler:
         raise ConfigError(
             f"train.mixed_precision=fp16 needs a loss scaler that distillkit runs only without sharding; with "
-            f"distributed.strategy={strategy} use train.mixed_precision=bf16."
+            f"distributed.strategy={strategy.name} use train.mixed_precision=bf16."
         )
 
 

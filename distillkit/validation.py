@@ -11,9 +11,8 @@ from distillkit.model_source import check_model_source
 from distillkit.models import DTYPES, ConfigError
 from distillkit.precision import check_mixed_precision
 from distillkit.schema import check_no_missing_values, check_plain_keys
-from distillkit.sharding import sharding_strategy
+from distillkit.strategies import strategy_class
 from distillkit.trl_keys import check_trl_keys
-from distillkit.zero import require_deepspeed, zero_config
 
 SUFFIXES = {"method": "", "teacher": "Teacher", "loss": "Divergence", "generation": "Generator"}
 
@@ -64,20 +63,18 @@ def validate(cfg: DictConfig) -> None:
     for key, dtype in (("model.dtype", cfg.model.dtype), ("teacher.dtype", cfg.teacher.get("dtype", "float32"))):
         if dtype not in DTYPES:
             raise ConfigError(f"{key}={dtype!r} is not one of {sorted(DTYPES)}.")
-    check_mixed_precision(train.get("mixed_precision", "no"), cfg.model.dtype, sharding_strategy(cfg),
-                          lora=bool(cfg.model.lora))
+    strategy = strategy_class(cfg)  # an unknown strategy, or FSDP version 1, is refused here
+    check_mixed_precision(train.get("mixed_precision", "no"), cfg.model.dtype, strategy, lora=bool(cfg.model.lora))
     check_device(cfg)
     check_liger(cfg)
     if choice(cfg, "generation") == "vllm":
-        if sharding_strategy(cfg) == "fsdp2":
+        if not strategy.feeds_colocated_vllm:
             raise ConfigError(
-                "generation=vllm with distributed.strategy=fsdp2 is not supported yet: the colocated engine needs "
-                "the student's whole weights after every step. Use generation=hf, or distributed.strategy=ddp."
+                f"generation=vllm with distributed.strategy={strategy.name} is not supported yet: the colocated engine "
+                "needs the student's whole weights after every step. Use generation=hf, or distributed.strategy=ddp."
             )
         require_vllm()
-    if sharding_strategy(cfg) == "deepspeed":  # an unknown strategy, or FSDP version 1, is refused here
-        require_deepspeed()
-        zero_config(cfg)  # ZeRO-3 and an unreadable DeepSpeed config are refused here
+    strategy.check_config(cfg)
 
 
 def check_device(cfg: DictConfig) -> None:

@@ -55,7 +55,7 @@ def test_a_missing_deepspeed_is_refused_with_the_install_command(compose_cfg, mo
 def test_the_engine_config_takes_distillkits_keys_over_a_deepspeed_json(compose_cfg, monkeypatch, tmp_path):
     import json
 
-    from distillkit.zero import zero_config
+    from distillkit.strategies.zero import zero_config
 
     ds_json = tmp_path / "ds.json"
     ds_json.write_text(json.dumps({"train_batch_size": 999, "gradient_clipping": 5.0, "optimizer": {"type": "Adam"},

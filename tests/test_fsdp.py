@@ -77,15 +77,16 @@ def test_accelerate_launch_with_fsdp2_trains_to_the_single_process_weights_and_r
 def test_the_strategy_follows_accelerates_fsdp_config_and_bad_settings_are_refused(compose_cfg, monkeypatch):
     from distillkit.models import ConfigError
     from distillkit.runner import prepare
-    from distillkit.sharding import reshard_after_forward, sharding_strategy
+    from distillkit.strategies import DataParallel, FullySharded, strategy_class
+    from distillkit.strategies.fully_sharded import reshard_after_forward
 
     cfg = compose_cfg()
-    assert sharding_strategy(cfg) == "ddp"
+    assert strategy_class(cfg) is DataParallel
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp2.yaml` sets
     monkeypatch.setenv("FSDP_VERSION", "2")
     monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
-    assert sharding_strategy(cfg) == "fsdp2" and reshard_after_forward(cfg) is False
-    assert sharding_strategy(compose_cfg("distributed.strategy=ddp")) == "ddp"  # an explicit choice wins
+    assert strategy_class(cfg) is FullySharded and reshard_after_forward(cfg) is False
+    assert strategy_class(compose_cfg("distributed.strategy=ddp")) is DataParallel  # an explicit choice wins
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match="fsdp_version: 2"):
         prepare(compose_cfg())

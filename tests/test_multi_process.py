@@ -27,10 +27,9 @@ def one_step(rank: int, world: int, port: int, cfg_dict: dict, num_rows: int, ou
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from distillkit.distributed import all_reduce_gradients, init_distributed
+    from distillkit.distributed import init_distributed
     from distillkit.methods import RolloutContext
     from distillkit.runner import accumulate_gradients, build, prepare, seed_everything
-    from distillkit.sharding import full_tensors
 
     try:
         cfg = OmegaConf.create(cfg_dict)
@@ -46,12 +45,12 @@ def one_step(rank: int, world: int, port: int, cfg_dict: dict, num_rows: int, ou
                              cfg.train.gradient_accumulation_steps, cfg.train.seed)
         micros = parts.method.micro_batches(0, mine, ctx)
         metrics = accumulate_gradients(parts, micros)
-        if not parts.sharded:  # FSDP's reduce-scatter summed them in the backward
-            all_reduce_gradients(parts.params)
-        grads = full_tensors({n: p.grad for n, p in parts.student.named_parameters() if p.grad is not None})
+        parts.strategy.reduce_gradients(parts.params)  # what the step does before clipping
+        grads = parts.strategy.whole_tensors({n: p.grad for n, p in parts.student.named_parameters()
+                                              if p.grad is not None})
         out[rank] = {
             "loss": metrics["train/loss"], "tokens": metrics["train/tokens"],
-            "grads": grads, "sharded": parts.sharded,
+            "grads": grads, "strategy": parts.strategy.name,
             "plan": [m.on_policy for m in micros],
             "prompts": [tuple(r["prompt_ids"]) for m in micros for r in m.rows],
             "method_metrics": parts.method.metrics(),

@@ -13,7 +13,7 @@ import copy
 import torch
 
 from distillkit.models import ConfigError, freeze, is_peft
-from distillkit.sharding import copy_full_into, full_tensors, reshard
+from distillkit.strategies import Strategy
 from distillkit.teachers.in_process import InProcessTeacher
 
 
@@ -36,9 +36,9 @@ class EmaTeacher(InProcessTeacher):
         else:
             self.bind(freeze(copy.deepcopy(student)), vocab_size)
 
-    def shard(self, student: torch.nn.Module, reshard_after_forward: bool) -> None:
-        super().shard(student, reshard_after_forward)
-        if self.adapter_only:  # the average takes the sharded layout of the adapter it follows
+    def place(self, strategy: Strategy, student: torch.nn.Module) -> None:
+        super().place(strategy, student)
+        if self.adapter_only:  # the average takes the (sharded) layout of the adapter it follows
             self.average = self._adapter_copy()
 
     def _adapter_copy(self) -> dict[str, torch.Tensor]:
@@ -53,45 +53,41 @@ class EmaTeacher(InProcessTeacher):
     def after_optimizer_step(self, step: int) -> None:
         if step % self.sync_steps:
             return
-        reshard(self.student)  # average the shards, not a gathered copy
-        reshard(self.model)
-        if self.adapter_only:
-            for name, param in self._pairs():
-                self.average[name].lerp_(param.detach(), self.rate)
-            return
-        teacher_params = dict(self.model.named_parameters())
-        for name, param in self.student.named_parameters():
-            teacher_params[name].lerp_(param.detach().to(teacher_params[name].dtype), self.rate)
+        with self.strategy.local_parameters(self.student, self.model):  # average the shards, not a gathered copy
+            if self.adapter_only:
+                for name, param in self._pairs():
+                    self.average[name].lerp_(param.detach(), self.rate)
+                return
+            teacher_params = dict(self.model.named_parameters())
+            for name, param in self.student.named_parameters():
+                teacher_params[name].lerp_(param.detach().to(teacher_params[name].dtype), self.rate)
 
     @contextlib.contextmanager
     def active(self):
         if not self.adapter_only:
             yield
             return
-        reshard(self.student)
-        with torch.no_grad():
+        with self.strategy.local_parameters(self.student), torch.no_grad():
             live = self._adapter_copy()
             for name, param in self._pairs():
                 param.copy_(self.average[name])
         try:
             yield
         finally:
-            reshard(self.student)
-            with torch.no_grad():
+            with self.strategy.local_parameters(self.student), torch.no_grad():
                 for name, param in self._pairs():
                     param.copy_(live[name])
 
     def state_dict(self) -> dict:
         """Whole tensors (gathered from the shards under FSDP: every process must call this)."""
-        reshard(self.model)
-        if self.adapter_only:
-            return {"average": full_tensors(self.average)}
-        return {"average": full_tensors(dict(self.model.named_parameters()))}
+        with self.strategy.local_parameters(self.model):
+            averaged = self.average if self.adapter_only else dict(self.model.named_parameters())
+            return {"average": self.strategy.whole_tensors(averaged)}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
-        reshard(self.model)
-        targets = self.average if self.adapter_only else dict(self.model.named_parameters())
-        for name, target in targets.items():
-            copy_full_into(target, state["average"][name])
+        with self.strategy.local_parameters(self.model):
+            targets = self.average if self.adapter_only else dict(self.model.named_parameters())
+            for name, target in targets.items():
+                self.strategy.copy_whole_into(target, state["average"][name])

@@ -17,7 +17,7 @@ from distillkit.lm_head import LMHead
 from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.losses.chunked_head import auto_chunk_size
 from distillkit.models import decoder_and_head
-from distillkit.sharding import is_sharded, shard
+from distillkit.strategies import DataParallel, Strategy
 from distillkit.teachers.teacher import Teacher
 
 
@@ -35,15 +35,18 @@ class InProcessTeacher(Teacher):
     def __init__(self) -> None:
         self.model: torch.nn.Module | None = None
         self.vocab_size: int | None = None
+        self.strategy: Strategy = DataParallel()  # one process until `place` says otherwise
 
     def bind(self, model: torch.nn.Module, vocab_size: int) -> None:
         self.model, self.parts, self.vocab_size = model, decoder_and_head(model), vocab_size
 
-    def shard(self, student: torch.nn.Module, reshard_after_forward: bool) -> None:
-        """A separate teacher module (a live model, a frozen or averaged copy) is sharded like the student; the
+    def place(self, strategy: Strategy, student: torch.nn.Module) -> None:
+        """A separate teacher module (a live model, a frozen or averaged copy) is wrapped like the student; the
         student itself already is."""
+        self.strategy = strategy
         if self.model is not student:
-            shard(self.model, reshard_after_forward)
+            strategy.wrap_module(self.model)
+        self.parts = strategy.decoder_and_head(self.model)
 
     @torch.no_grad()
     def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:
@@ -51,9 +54,7 @@ class InProcessTeacher(Teacher):
             hidden = completion_hidden(self.parts.hidden_states(batch.input_ids, batch.attention_mask), batch)
             head = self.parts.lm_head(self.vocab_size).detached()
             if request.signal == "hidden":
-                if is_sharded(self.model):  # a gathered head is freed when the teacher's module is resharded
-                    head = head.cloned()
-                return TeacherTokens(hidden=hidden, head=head)
+                return TeacherTokens(hidden=hidden, head=self.strategy.head_outliving_forward(head))
             return score_tokens(hidden, head, batch.completion_targets(), request)
 
 

@@ -6,12 +6,16 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from distillkit.batch import SequenceBatch
 from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.models import embedding_rows
+
+if TYPE_CHECKING:
+    from distillkit.strategies import Strategy
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,8 @@ class Teacher(ABC):
         """The teacher's weights are in `self.model` for the duration (generation and scoring run inside)."""
         yield
 
-    def shard(self, student, reshard_after_forward: bool) -> None:
-        """Called once the student is FSDP-sharded (`distillkit.sharding`); a teacher outside the process does
-        nothing."""
+    def place(self, strategy: Strategy, student: torch.nn.Module) -> None:
+        """Called once the run's strategy has wrapped the student; a teacher outside the process does nothing."""
 
     def after_optimizer_step(self, step: int) -> None:
         """Called after every optimizer step (step counts from 1); a frozen teacher does nothing."""

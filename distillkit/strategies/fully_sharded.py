@@ -14,34 +14,19 @@ copy) is sharded the same way, so an EMA update is a local, shard-by-shard lerp.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from distillkit.distributed import ProcessInfo
 from distillkit.errors import ConfigError
-
-STRATEGIES = ("auto", "ddp", "fsdp2", "deepspeed")
-
-
-def sharding_strategy(cfg: DictConfig) -> str:
-    """`ddp`, `fsdp2` or `deepspeed` (ZeRO 1-2, `distillkit.zero`). `auto` follows `accelerate launch`'s config:
-    FSDP (version 2) or DeepSpeed when it names one, data parallel otherwise."""
-    dist_cfg = cfg.get("distributed") or {}
-    strategy = dist_cfg.get("strategy", "auto")
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"distributed.strategy={strategy!r} is not one of {list(STRATEGIES)}.")
-    launched_with_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if launched_with_fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
-        raise ConfigError(
-            "`accelerate launch` with FSDP version 1 is not supported: distillkit shards with FSDP2 (fully_shard). "
-            "Set `fsdp_version: 2` in the accelerate config (conf/accelerate/fsdp2.yaml has it)."
-        )
-    if strategy == "auto":
-        if launched_with_fsdp:
-            return "fsdp2"
-        return "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" else "ddp"
-    return strategy
+from distillkit.lm_head import LMHead
+from distillkit.models import DecoderAndHead, decoder_and_head
+from distillkit.strategies.strategy import Strategy
 
 
 def reshard_after_forward(cfg: DictConfig) -> bool:
@@ -83,12 +68,6 @@ def shard(model: torch.nn.Module, reshard: bool = True) -> None:
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM; on NCCL a sum is as fast
     root._is_fsdp_managed_module = True  # transformers' generate then keeps all processes in step (synced_gpus)
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(causal_lm(model), FSDPModule)
 
 
 def reshard(model: torch.nn.Module) -> None:
@@ -135,37 +114,72 @@ def copy_full_into(target: torch.Tensor, full: torch.Tensor) -> None:
     target.copy_(full)
 
 
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole state dict, gathered from the shards. Collective under FSDP."""
-    if not is_sharded(model):
-        return model.state_dict()
-    reshard(model)
-    return full_tensors(model.state_dict(), tied_aliases(model))
+class FullySharded(Strategy):
+    """`distributed.strategy=fsdp2`: each process holds a shard of every weight, gradient and AdamW state."""
 
+    name = "fsdp2"
+    collective_forwards = True
+    gathers_collectively = True
+    runs_loss_scaler = False  # torch's GradScaler does not see FSDP's sharded gradients
+    feeds_colocated_vllm = False  # the colocated engine would need the whole weights after every step
 
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-    if not is_sharded(model):
-        model.load_state_dict(state, strict=strict)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    def __init__(self, reshard: bool = True):
+        self.reshard = reshard
 
-    reshard(model)
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
+    @classmethod
+    def from_config(cls, cfg: DictConfig, process: ProcessInfo) -> FullySharded:
+        return cls(reshard_after_forward(cfg))
 
+    def wrap_module(self, module: torch.nn.Module) -> None:
+        shard(module, self.reshard)
 
-def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's state with whole tensors, keyed by parameter name under FSDP. Collective under FSDP."""
-    if not is_sharded(model):
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    def decoder_and_head(self, model: torch.nn.Module) -> DecoderAndHead:
+        parts = decoder_and_head(model)
+        parts.forward_through_root = True  # only the root's forward gathers the embeddings, final norm and head
+        return parts
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """FSDP's reduce-scatter already summed them, in the backward."""
 
+    @contextlib.contextmanager
+    def local_parameters(self, *modules: torch.nn.Module) -> Iterator[None]:
+        for module in modules:
+            reshard(module)
+        yield
 
-def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    if not is_sharded(model):
-        optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    def whole_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return full_tensors(tensors)
 
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    def copy_whole_into(self, target: torch.Tensor, whole: torch.Tensor) -> None:
+        copy_full_into(target, whole)
+
+    def head_outliving_forward(self, head: LMHead) -> LMHead:
+        return head.cloned()  # a gathered head is freed when its module is resharded
+
+    def model_state(self, student: torch.nn.Module) -> dict[str, torch.Tensor]:
+        reshard(student)
+        return full_tensors(student.state_dict(), tied_aliases(student))
+
+    def optimizer_state(self, student: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """Whole tensors, keyed by parameter name."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(student, optimizer, options=StateDictOptions(full_state_dict=True))
+
+    def load(self, student: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, folder: Path,
+             strict: bool) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        reshard(student)
+        set_model_state_dict(student, state["model"], options=StateDictOptions(full_state_dict=True, strict=strict))
+        set_optimizer_state_dict(student, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+
+    def save_final(self, student: torch.nn.Module, tokenizer, folder: Path, is_main: bool) -> None:
+        whole = self.model_state(student)  # gathered by every process
+        if is_main:
+            student.save_pretrained(folder, state_dict=whole)
+            tokenizer.save_pretrained(folder)

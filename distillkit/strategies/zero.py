@@ -18,7 +18,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from distillkit.distributed import ProcessInfo, barrier, same_on_every_process
 from distillkit.errors import ConfigError
+from distillkit.precision import MixedPrecision
+from distillkit.strategies.strategy import Strategy
 
 CHECKPOINT_FOLDER = "deepspeed"  # inside a distillkit checkpoint: the engine's partitioned optimizer state
 CHECKPOINT_TAG = "state"
@@ -72,31 +75,64 @@ def zero_config(cfg: DictConfig) -> dict:
     return config
 
 
-class ZeroEngine:
-    """The DeepSpeed engine around the student and its AdamW; the student's own modules run the forwards."""
+class DeepSpeedZero(Strategy):
+    """`distributed.strategy=deepspeed`: a DeepSpeed engine around the student and its AdamW; the student's own
+    modules run the forwards."""
 
-    def __init__(self, student: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict, world_size: int):
+    name = "deepspeed"
+    collective_forwards = True  # each backward is a collective
+    runs_loss_scaler = False  # DeepSpeed scales fp16 losses itself
+
+    def __init__(self, config: dict, world_size: int):
+        self.config, self.world_size = config, world_size
+        self.engine = None  # made by `attach_optimizer`
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, process: ProcessInfo) -> DeepSpeedZero:
+        return cls(zero_config(cfg), process.world_size)
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        require_deepspeed()
+        zero_config(cfg)  # ZeRO-3 and an unreadable DeepSpeed config are refused here
+
+    def attach_optimizer(self, student: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         import deepspeed
 
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=config)
-        self.world_size = world_size
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=self.config)
 
-    def backward(self, loss: torch.Tensor, last_of_step: bool) -> None:
-        """`loss` is already normalized by the step's tokens; the engine reduces gradients at the step's last one."""
+    def backward(self, loss: torch.Tensor, precision: MixedPrecision, last_of_step: bool) -> None:
+        """The engine averages over processes, so the loss is multiplied by their number; it reduces the gradients
+        at the step's last backward."""
         self.engine.set_gradient_accumulation_boundary(last_of_step)
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 
-    def step(self) -> float:
-        """Clip (`train.max_grad_norm`), update, zero the gradients. The global gradient norm before clipping."""
+    def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """The engine reduced them into its partitions, in the step's last backward."""
+
+    def step(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, precision: MixedPrecision,
+             max_grad_norm: float, has_loss: bool) -> float:
+        """The engine clips (`gradient_clipping`, set from train.max_grad_norm), updates and zeroes; a step with no
+        backward has nothing to reduce and is skipped."""
+        if not has_loss:
+            return 0.0
         self.engine.set_gradient_accumulation_boundary(True)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else 0.0
 
-    def save(self, folder: Path) -> None:
-        """Every process writes its partition (collective)."""
-        self.engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG, save_latest=False)
+    def optimizer_state(self, student: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        return None  # partitioned: each process writes its own (`save_partitions`)
 
-    def load(self, folder: Path) -> None:
-        self.engine.load_checkpoint(str(folder), tag=CHECKPOINT_TAG, load_optimizer_states=True,
+    def save_partitions(self, staged: Path | None) -> None:
+        """Every process writes its partition of the optimizer state into the staged checkpoint (collective)."""
+        barrier()
+        folder = Path(same_on_every_process(str(staged))) / CHECKPOINT_FOLDER
+        self.engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG, save_latest=False)
+        barrier()
+
+    def load(self, student: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, folder: Path,
+             strict: bool) -> None:
+        student.load_state_dict(state["model"], strict=strict)
+        self.engine.load_checkpoint(str(folder / CHECKPOINT_FOLDER), tag=CHECKPOINT_TAG, load_optimizer_states=True,
                                     load_lr_scheduler_states=False, load_module_strict=False)

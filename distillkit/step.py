@@ -1,0 +1,152 @@
+"""One optimizer step: the method's micro-batches, the teacher's scores, the loss, and the strategy's update.
+
+Each micro-batch's summed loss is divided by the loss-token count of the whole step (all micro-batches, all
+processes), so the gradient does not depend on how the step is split into micro-batches or processes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from distillkit.assembly import Parts
+from distillkit.batch import completion_hidden
+from distillkit.distributed import all_reduce_sum, gather_lists, sum_across_processes
+from distillkit.losses import StudentTokens
+from distillkit.methods import RolloutContext
+
+
+class StepClock:
+    """Wall time per phase (generation, teacher scoring, update) and completion tokens per second."""
+
+    def __init__(self):
+        self.totals = {"generate": 0.0, "teacher": 0.0, "update": 0.0}
+        self.tokens = 0.0
+        self._phase = None
+
+    def __call__(self, phase: str):
+        self._phase = phase
+        return self
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.totals[self._phase] += time.perf_counter() - self._start
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(sum(self.totals.values()), 1e-9)
+
+    def metrics(self) -> dict[str, float]:
+        total = max(sum(self.totals.values()), 1e-9)
+        return {"train/tokens_per_s": self.tokens_per_s(),
+                **{f"time/{k}_fraction": v / total for k, v in self.totals.items()}}
+
+
+def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) -> dict[str, float]:
+    """Buffered rollouts for all micro-batches, accumulation, the update, the teacher's update."""
+    cfg = parts.cfg
+    context = RolloutContext(parts.generator, parts.teacher_generator, parts.tokenizer,
+                             cfg.train.gradient_accumulation_steps, cfg.train.seed)
+    with clock("generate"), parts.precision.autocast():
+        micros = parts.method.micro_batches(step, rows, context)
+    metrics = accumulate_gradients(parts, micros, clock)
+    with clock("update"):
+        grad_norm = parts.strategy.step(parts.params, parts.optimizer, parts.precision, cfg.train.max_grad_norm,
+                                        has_loss=metrics["train/micro_batches_with_loss"] > 0)
+        parts.scheduler.step()
+    parts.teacher.after_optimizer_step(step + 1)
+    parts.generator.sync(parts.student)
+    clock.tokens += metrics["train/tokens"]
+    lengths = torch.cat([m.student.completion_mask.sum(1).float() for m in micros])
+    metrics.update({
+        "train/grad_norm": grad_norm, "train/lr": parts.scheduler.get_last_lr()[0],
+        "train/on_policy_fraction": sum(m.on_policy for m in micros) / len(micros),
+        "completions/mean_length": float(lengths.mean()), "completions/max_length": float(lengths.max()),
+        "completions/min_length": float(lengths.min()),
+        **parts.method.metrics(), **clock.metrics(),
+    })
+    return metrics
+
+
+def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = None) -> dict[str, float]:
+    """Forward and backward over an optimizer step's micro-batches; the gradients are not yet reduced."""
+    clock = clock or StepClock()
+    method = parts.method
+    if parts.strategy.collective_forwards:
+        same_forwards_on_every_process(micros)
+    terms = [method.token_term(m, parts.device) for m in micros]  # SDPO's PPO-clip term, SFT's cross-entropy
+    has_loss = [m.teacher is not None or term is not None for m, term in zip(micros, terms, strict=True)]
+    last = max((i for i, loses in enumerate(has_loss) if loses), default=-1)
+    step_tokens = all_reduce_sum(sum(m.loss_tokens for m in micros), parts.device)
+    norm = max(step_tokens, 1)
+    completion_tokens = sum(m.student.num_completion_tokens for m in micros)
+    sums: dict[str, float] = {}
+    metrics = {"train/loss": 0.0, "train/loss_on_policy": 0.0, "train/loss_off_policy": 0.0,
+               "train/tokens": all_reduce_sum(completion_tokens, parts.device),
+               "train/micro_batches_with_loss": float(sum(has_loss))}
+    for i, (micro, term) in enumerate(zip(micros, terms, strict=True)):
+        if not has_loss[i]:  # e.g. SDPO w=1 and no rollout in it was reprompted: nothing to learn from
+            continue
+        batch = micro.student.to(parts.device)
+        teacher_tokens = None
+        if micro.teacher is not None:
+            with clock("teacher"):
+                teacher_tokens = parts.teacher.score(micro.teacher.to(parts.device), parts.divergence.teacher_request())
+        with clock("update"), parts.precision.autocast():
+            hidden = parts.student_parts.hidden_states(batch.input_ids, batch.attention_mask)
+            student_tokens = StudentTokens(
+                completion_hidden(hidden, batch), parts.student_parts.lm_head(parts.vocab_size),
+                batch.completion_targets(),
+                weights=to_device(micro.distill_weights, parts.device),
+                old_logprobs=to_device(micro.old_logprobs, parts.device), is_clip=method.distillation_is_clip,
+            )
+            out = parts.divergence(student_tokens, teacher_tokens, term, method.distillation_weight)
+        with clock("update"):
+            parts.strategy.backward(out.loss_sum / norm, parts.precision, last_of_step=i == last)
+        if method.num_iterations > 1:  # the first step's become pi_old of the reuse steps to come
+            micro.token_logprobs = out.token_logprobs.cpu()
+        loss = out.loss_sum.item() / norm
+        metrics["train/loss"] += loss
+        metrics["train/loss_on_policy" if micro.on_policy else "train/loss_off_policy"] += loss
+        for key, value in out.stats.items():
+            sums[key] = sums.get(key, 0.0) + value
+    return step_metrics(metrics, sums, norm)
+
+
+def step_metrics(metrics: dict[str, float], sums: dict[str, float], norm: float) -> dict[str, float]:
+    """The step's losses and statistics, summed over processes in one collective and normalized."""
+    loss_keys = ("train/loss", "train/loss_on_policy", "train/loss_off_policy")
+    sums = sum_across_processes({**{k: metrics[k] for k in loss_keys}, **sums})
+    metrics.update({k: sums.pop(k) for k in loss_keys})
+    token_norm = max(metrics["train/tokens"], 1)
+    metrics["train/kl"] = sums.get("kl", 0.0) / max(sums.get("kl_tokens", 0.0), 1)  # over distilled tokens only
+    metrics["train/entropy"] = sums.get("entropy", 0.0) / token_norm
+    if "distillation" in sums:
+        metrics["train/distillation_loss"] = sums["distillation"] / norm
+    if "policy" in sums:  # the method's token term (SDPO's PPO-clip term, SFT's cross-entropy)
+        metrics["train/policy_loss"] = sums["policy"] / norm
+    if "policy_clipped" in sums:
+        metrics["train/policy_clipped_fraction"] = sums["policy_clipped"] / token_norm
+        metrics["train/policy_ratio_mean"] = sums["policy_ratio"] / token_norm
+    if "is_ratio" in sums:
+        metrics["train/is_ratio_mean"] = sums["is_ratio"] / token_norm
+        metrics["train/is_clipped_fraction"] = sums["is_clipped"] / token_norm
+    return metrics
+
+
+def same_forwards_on_every_process(micros: list) -> None:
+    """Under FSDP every forward, and under DeepSpeed every backward, is a collective, so every process must run the
+    same micro-batches with the same terms. A micro-batch that has no teacher batch here (e.g. SDPO: no rollout in
+    it was reprompted) but has one on another process gets the student's own view with every token masked out: a
+    forward with no loss."""
+    everyone, _ = gather_lists([[m.teacher is not None for m in micros]])
+    for i, micro in enumerate(micros):
+        if micro.teacher is None and any(flags[i] for flags in everyone):
+            micro.teacher = micro.student
+            micro.distill_weights = torch.zeros(micro.student.num_completion_tokens)
+
+
+def to_device(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
