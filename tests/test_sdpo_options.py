@@ -3,6 +3,7 @@ the distillation mask, the metrics. A character tokenizer and fixed completions 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import string
@@ -29,10 +30,15 @@ def right_answer(prompts, completions, answer, **_):
             for c, a in zip(completions, answer, strict=True)]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
+@functools.cache
+def char_tokenizer():
     """The tiny models' character tokenizer, over an alphabet that spells the templates and the thinking tags."""
     return build_char_tokenizer(string.ascii_letters + string.digits + string.punctuation + " \n")
+
+
+@pytest.fixture
+def tokenizer():
+    return char_tokenizer()
 
 
 def sdpo(**options) -> SDPO:
@@ -83,18 +89,24 @@ def teacher_texts(micros, tokenizer) -> list[str | None]:
             for ids, weight in zip(teacher_prompts(micros), distilled(micros), strict=True)]
 
 
-def distilled(micros) -> list[float]:
-    """Each rollout's distillation weight (constant over its tokens); 0 where the micro-batch has no teacher."""
+def per_rollout(micros, field: str) -> list[float]:
+    """A per-token field (`distill_weights`, `advantages`) as one value per rollout (it is constant over the
+    rollout's tokens); 0 where the micro-batch does not have it."""
     out = []
     for micro in micros:
         lengths = micro.student.completion_mask.sum(1).tolist()
-        if micro.distill_weights is None:
+        if getattr(micro, field) is None:
             out += [0.0] * len(lengths)
             continue
-        for weights in micro.distill_weights.split(lengths):
-            assert weights.unique().numel() == 1
-            out.append(float(weights[0]))
+        for values in getattr(micro, field).split(lengths):
+            assert values.unique().numel() == 1
+            out.append(float(values[0]))
     return out
+
+
+def distilled(micros) -> list[float]:
+    """Each rollout's distillation weight; 0 where the micro-batch has no teacher."""
+    return per_rollout(micros, "distill_weights")
 
 
 @pytest.mark.parametrize(("limit", "cut"), [(10240, 0), (32, 0), (31, 1), (10, 1), (9, 3)])
