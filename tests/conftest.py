@@ -5,13 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from configs import compose_config  # noqa: E402
 from tiny_models import make_tiny_model  # noqa: E402
-
-from distillkit.cli import CONF_DIR, register_resolvers  # noqa: E402
 
 # The tests' models are tiny: a second thread only adds synchronization (and spins when the machine is busy).
 torch.set_num_threads(1)
@@ -39,7 +37,6 @@ def reference_weights(tiny_pair, tmp_path_factory) -> dict[str, torch.Tensor]:
 @pytest.fixture
 def compose_cfg(tiny_pair, tmp_path):
     """Compose the real config (conf/) with overrides, pointing at the tiny models and a private MLflow store."""
-    register_resolvers()
     student, teacher = tiny_pair
 
     def _compose(*overrides: str):
@@ -53,7 +50,6 @@ def compose_cfg(tiny_pair, tmp_path):
             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "train.batch_size=4",
             "train.gradient_accumulation_steps=1", "train.max_completion_length=5",
         ]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=base + list(overrides))
+        return compose_config([*base, *overrides])
 
     return _compose

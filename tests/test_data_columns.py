@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from configs import compose_config
 from datasets import Dataset
-from hydra import compose, initialize_config_dir
 
-from distillkit.cli import CONF_DIR, register_resolvers
 from distillkit.data.loading import as_chat, load_examples, load_split, map_columns, require_columns, tokenize
 from distillkit.models import ConfigError, load_tokenizer
 
@@ -101,9 +100,7 @@ def test_chat_prompts_get_the_chat_template(tiny_pair):
 
 
 def compose_data(*overrides):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides)).data
+    return compose_config(overrides).data
 
 
 def test_config_defaults_change_nothing():

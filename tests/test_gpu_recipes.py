@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
+from configs import compose_config
 
 import distillkit.validation
-from distillkit.cli import CONF_DIR, register_resolvers
+from distillkit.cli import CONF_DIR
 from distillkit.data.loading import load_split
 from distillkit.errors import ConfigError
 from distillkit.runner import build_object, check_composition
@@ -35,9 +35,7 @@ IDS = [r[0] for r in GPU_RECIPES]
 
 def compose_recipe(recipe: str, name: str, *overrides: str):
     """The recipe composed as `distillkit --config-dir recipes/<recipe> --config-name <name>` composes it."""
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(RECIPES / recipe), version_base="1.3"):
-        return compose(config_name=name, overrides=[f"hydra.searchpath=[file://{CONF_DIR}]", *overrides])
+    return compose_config([f"hydra.searchpath=[file://{CONF_DIR}]", *overrides], RECIPES / recipe, name)
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from configs import compose_config
 from test_serve import start_server, stop_server
 
 from distillkit.batch import collate, completion_hidden
-from distillkit.cli import CONF_DIR, register_resolvers
 from distillkit.evaluation import teacher_forced_kl
 from distillkit.losses import StudentTokens
 from distillkit.losses.base import TeacherRequest, TeacherTokens
@@ -173,7 +172,6 @@ def test_teacher_server_endpoints_equal_transformers(pair, models, chat_batch, s
 
 
 def compose_real(pair, data_file, tmp_path, *overrides: str):
-    register_resolvers()
     teacher, student = pair
     base = [f"model.student={student}", f"data.train={data_file}", f"data.eval={data_file}", "data.chat=true",
             "data.num_train=null", "data.num_eval=4", "train.steps=2", "train.batch_size=2",
@@ -184,8 +182,7 @@ def compose_real(pair, data_file, tmp_path, *overrides: str):
         base.append("generation.batch_size=8")
     if any(o == "teacher=live" for o in overrides):
         base.append(f"teacher.model={teacher}")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=base + list(overrides))
+    return compose_config([*base, *overrides])
 
 
 RUNS = {  # a covering set: every method, teacher kind, loss and CPU generation backend at least once

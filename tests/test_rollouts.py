@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import torch
+from spies import SpyGenerator
 
 from distillkit.batch import collate, completion_hidden
 from distillkit.methods import RolloutContext
 from distillkit.runner import build, prepare
 
 
-class CountingGenerator:
-    """Wraps the real generator and records each call's prompts."""
-
-    def __init__(self, inner):
-        self.inner, self.calls = inner, []
-
-    def generate(self, prompt_ids, n=1, greedy=False):
-        self.calls.append([list(p) for p in prompt_ids])
-        return self.inner.generate(prompt_ids, n=n, greedy=greedy)
-
-
 def test_one_generation_call_per_step_and_prompts_keep_their_completions(compose_cfg):
     cfg = compose_cfg("method.lmbda=0.5", "method.seq_kd=true", "train.gradient_accumulation_steps=4")
     prepared = prepare(cfg)
     parts = build(cfg, prepared)
-    student, teacher = CountingGenerator(parts.generator), CountingGenerator(parts.teacher_generator)
+    student, teacher = SpyGenerator(parts.generator), SpyGenerator(parts.teacher_generator)
     rows = prepared.train_rows[:16]
     micro_rows = [rows[i::4] for i in range(4)]
     plan = [True, False, True, False]
     micros = parts.method.planned_micro_batches(micro_rows, plan, RolloutContext(student, teacher, parts.tokenizer, 4, 0))
 
-    assert len(student.calls) == 1 and len(student.calls[0]) == 8  # both on-policy micro-batches at once
-    assert len(teacher.calls) == 1 and len(teacher.calls[0]) == 8  # both seq_kd micro-batches at once
+    assert [len(prompts) for prompts, _ in student.calls] == [8]  # both on-policy micro-batches at once
+    assert [len(prompts) for prompts, _ in teacher.calls] == [8]  # both seq_kd micro-batches at once
     for micro, rows_in, on in zip(micros, micro_rows, plan, strict=True):
         assert micro.on_policy == on and micro.rows == rows_in
         for b, row in enumerate(rows_in):

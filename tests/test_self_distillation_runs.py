@@ -8,6 +8,7 @@ import mlflow
 import pytest
 import torch
 from safetensors.torch import load_file
+from spies import SpyGenerator
 
 from distillkit.batch import collate
 from distillkit.methods import MicroBatch, RolloutContext
@@ -185,26 +186,17 @@ def test_step_that_cuts_a_group_is_refused_before_loading(compose_cfg):
         prepare(compose_cfg("method=sdpo", *HINTED, "method.num_generations=4", "train.batch_size=3"))
 
 
-class RecordingGenerator:
-    def __init__(self, inner):
-        self.inner, self.prompts = inner, []
-
-    def generate(self, prompt_ids, n=1, greedy=False):
-        self.prompts.append((list(prompt_ids), n))
-        return self.inner.generate(prompt_ids, n=n, greedy=greedy)
-
-
 @pytest.mark.parametrize("from_teacher", [False, True])
 def test_sdft_samples_from_the_prompt_the_config_names(compose_cfg, from_teacher):
     cfg = compose_cfg("method=sdft", *HINTED, f"method.generate_from_teacher={from_teacher}",
                       "method.num_generations=2", "method.num_loss_tokens_to_skip=1")
     prepared = prepare(cfg)
     parts = build(cfg, prepared)
-    recorder = RecordingGenerator(parts.generator)
+    recorder = SpyGenerator(parts.generator)
     rows = prepared.train_rows[:2]
     micros = parts.method.micro_batches(0, rows, RolloutContext(recorder, None, parts.tokenizer, 1, 0))
     key = "teacher_prompt_ids" if from_teacher else "prompt_ids"
-    assert recorder.prompts == [([r[key] for r in rows], 2)]
+    assert recorder.calls == [([r[key] for r in rows], 2)]
     (micro,) = micros
     assert [r["prompt"] for r in micro.rows] == [rows[0]["prompt"]] * 2 + [rows[1]["prompt"]] * 2
     # the student always sees the plain prompt; the teacher sees the demonstration; the first token is skipped

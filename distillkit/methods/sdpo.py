@@ -17,7 +17,7 @@ import torch
 
 from distillkit.batch import collate
 from distillkit.data.loading import encode_prompt
-from distillkit.distributed import gather_lists
+from distillkit.distributed import gather_lists, sum_across_processes
 from distillkit.errors import ConfigError
 from distillkit.losses.policy import PPOClipTerm
 from distillkit.methods.micro_batch import MicroBatch, RolloutContext, per_token, split_evenly
@@ -137,6 +137,10 @@ class SDPO(SelfDistillationMethod):
     # ---- rewards
     def score(self, rows: list[dict], completions: list[list[int]], tokenizer) -> tuple[torch.Tensor, dict]:
         """Weighted reward per rollout ([S]), and the per-function means for the metrics."""
+        return self.weigh(self.reward_table(rows, completions, tokenizer))
+
+    def reward_table(self, rows: list[dict], completions: list[list[int]], tokenizer) -> torch.Tensor:
+        """Each reward function's value per rollout: [S, F], NaN where a function gave None."""
         chat = not isinstance(rows[0]["prompt"], str)
         texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
         decoded = [[{"role": "assistant", "content": t}] for t in texts] if chat else texts
@@ -149,6 +153,10 @@ class SDPO(SelfDistillationMethod):
                 raise ValueError(f"Reward function {reward.name} returned {len(values)} values for {len(rows)} "
                                  "completions.")
             table[:, f] = torch.tensor([math.nan if v is None else float(v) for v in values])
+        return table
+
+    def weigh(self, table: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The reward table's weighted sum per rollout ([S]), and the per-function means for the metrics."""
         weights = torch.tensor([r.weight for r in self.rewards])
         rewards = (table * weights).nansum(dim=1)
         means = {f"rewards/{r.name}/mean": float(table[:, f].nanmean()) for f, r in enumerate(self.rewards)}
@@ -172,12 +180,14 @@ class SDPO(SelfDistillationMethod):
         g = self.num_generations
         completions = ctx.generator.generate([r["prompt_ids"] for r in rows], n=g)
         seq_rows = grouped(rows, g)
-        local_rewards, reward_means = self.score(seq_rows, completions, ctx.tokenizer)
-        # Advantages and reprompting need whole groups: computed on the batch gathered across processes.
-        gathered, mine = gather_lists(list(zip(local_rewards.tolist(), completions,
+        local_table = self.reward_table(seq_rows, completions, ctx.tokenizer)
+        # Advantages and reprompting need whole groups, the metrics the whole step: computed on the batch gathered
+        # across processes.
+        gathered, mine = gather_lists(list(zip(local_table.tolist(), completions,
                                                [r.get("privileged_context") for r in seq_rows], strict=True)))
-        all_rewards, all_completions, all_feedback = (list(column) for column in zip(*gathered, strict=True))
-        rewards = torch.tensor(all_rewards)
+        all_table, all_completions, all_feedback = (list(column) for column in zip(*gathered, strict=True))
+        rewards, reward_means = self.weigh(torch.tensor(all_table))
+        all_rewards = rewards.tolist()
         advantages, group_std = group_advantages(rewards, g, self.scale_rewards)
         demos = (demonstration_indices(all_rewards, g, self.success_reward_threshold,
                                        self.dont_reprompt_on_self_success)
@@ -203,6 +213,7 @@ class SDPO(SelfDistillationMethod):
                                 ctx.tokenizer)
             truncated += len(ids) > self.max_reprompt_len
             teacher_prompts.append(ids[-self.max_reprompt_len:])
+        truncated = sum_across_processes({"truncated": truncated})["truncated"]  # each process encodes its own
 
         sequences = list(zip(seq_rows, completions, teacher_prompts, advantages[mine].tolist(), active[mine],
                              strict=True))
