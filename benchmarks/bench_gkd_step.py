@@ -103,6 +103,38 @@ def sync(device) -> None:
 
 
 # ------------------------------------------------------------------------------------------ distillkit
+def step_timer(device, counters):
+    """A TRL TrainerCallback that times each optimizer step (wall, loop-to-loop, CPU) and records the per-step
+    increase of `counters()`: the trainer's cumulative (completion tokens, generation seconds)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.step_times, self.loop_times, self.cpu_times, self.tokens, self.generate = [], [], [], [], []
+
+        def on_train_begin(self, *a, **k):
+            sync(device)
+            self.t_prev_end = time.perf_counter()
+
+        def on_step_begin(self, *a, **k):
+            sync(device)
+            self.t_begin, self.c_begin = time.perf_counter(), time.process_time()
+            self.counted = counters()
+
+        def on_step_end(self, *a, **k):
+            sync(device)
+            t = time.perf_counter()
+            self.cpu_times.append(time.process_time() - self.c_begin)
+            self.step_times.append(t - self.t_begin)
+            self.loop_times.append(t - self.t_prev_end)
+            self.t_prev_end = t
+            tokens, generate_s = counters()
+            self.tokens.append(tokens - self.counted[0])
+            self.generate.append(generate_s - self.counted[1])
+
+    return StepTimer()
+
+
 def worker_distillkit(args) -> dict:
     from hydra import compose, initialize_config_dir
 
@@ -174,7 +206,7 @@ def worker_distillkit(args) -> dict:
 def worker_trl(args) -> dict:
     import torch
     import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from distillkit.data.addition import addition_dataset
@@ -223,31 +255,6 @@ def worker_trl(args) -> dict:
             self.bench_losses.append(float((loss[0] if return_outputs else loss).detach()))
             return loss
 
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.step_times, self.loop_times, self.cpu_times, self.tokens, self.generate = [], [], [], [], []
-            self.t_prev_end = None
-            self._tokens0 = 0
-
-        def on_train_begin(self, *a, **k):
-            sync(device)
-            self.t_prev_end = time.perf_counter()
-
-        def on_step_begin(self, *a, **k):
-            sync(device)
-            self.t_begin, self.c_begin = time.perf_counter(), time.process_time()
-            self._tokens0, self._gen0 = trainer.bench_tokens, trainer.bench_generate_s
-
-        def on_step_end(self, *a, **k):
-            sync(device)
-            t = time.perf_counter()
-            self.cpu_times.append(time.process_time() - self.c_begin)
-            self.step_times.append(t - self.t_begin)
-            self.loop_times.append(t - self.t_prev_end)
-            self.t_prev_end = t
-            self.tokens.append(trainer.bench_tokens - self._tokens0)
-            self.generate.append(trainer.bench_generate_s - self._gen0)
-
     out_dir = tempfile.mkdtemp(prefix="trl_gkd_bench_")
     config = GKDConfig(
         output_dir=out_dir,
@@ -261,7 +268,7 @@ def worker_trl(args) -> dict:
         report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0, seed=SEED, data_seed=SEED, remove_unused_columns=False,
     )
-    timer = Timer()
+    timer = step_timer(device, lambda: (trainer.bench_tokens, trainer.bench_generate_s))
     trainer = BenchGKD(model=student, teacher_model=teacher, args=config, train_dataset=dataset,
                        processing_class=tokenizer, data_collator=collate, callbacks=[timer])
     memory = PeakMemory(device)

@@ -593,8 +593,8 @@ def worker_trl_distillation(args) -> dict:
     import torch
     import trl
     from _common import PeakMemory
-    from bench_gkd_step import LR, MAX_GRAD_NORM, SEED, num_rows, summarize
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from bench_gkd_step import LR, MAX_GRAD_NORM, SEED, num_rows, step_timer, summarize
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DistillationConfig, DistillationTrainer
 
     from distillkit.data.addition import addition_dataset
@@ -617,27 +617,6 @@ def worker_trl_distillation(args) -> dict:
             self.bench_losses.append(float(out[0].detach()))
             return out
 
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.step_times, self.loop_times, self.cpu_times, self.tokens = [], [], [], []
-
-        def on_train_begin(self, *a, **k):
-            sync(device)
-            self.t_prev_end = time.perf_counter()
-
-        def on_step_begin(self, *a, **k):
-            sync(device)
-            self.t_begin, self.c_begin, self.tokens0 = time.perf_counter(), time.process_time(), trainer.bench_tokens
-
-        def on_step_end(self, *a, **k):
-            sync(device)
-            t = time.perf_counter()
-            self.cpu_times.append(time.process_time() - self.c_begin)
-            self.step_times.append(t - self.t_begin)
-            self.loop_times.append(t - self.t_prev_end)
-            self.t_prev_end = t
-            self.tokens.append(trainer.bench_tokens - self.tokens0)
-
     config = DistillationConfig(
         output_dir=tempfile.mkdtemp(prefix="trl_distill_"),
         beta=args.beta, temperature=args.temperature, max_completion_length=args.max_completion_length,
@@ -650,7 +629,7 @@ def worker_trl_distillation(args) -> dict:
         report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0, seed=SEED, data_seed=SEED,
     )
-    timer = Timer()
+    timer = step_timer(device, lambda: (trainer.bench_tokens, 0.0))
     trainer = Counted(model=student, teacher_model=teacher, args=config, train_dataset=dataset,
                       processing_class=tokenizer, callbacks=[timer])
     memory = PeakMemory(device)

@@ -24,7 +24,7 @@ from distillkit.checkpoint import load_checkpoint
 def assert_same_step(single: dict, multi: dict, cases: list[str]) -> None:
     for i, case in enumerate(cases):
         whole, two = single[(i, 0)], {r: multi[(i, r)] for r in (0, 1)}
-        assert two[0]["sharded"] and two[1]["sharded"] and not whole["sharded"]
+        assert two[0]["strategy"] == two[1]["strategy"] == "fsdp2" and whole["strategy"] == "ddp"
         # abs: at step 0 an EMA teacher is the student, and its loss (~1e-9) is rounding noise
         assert two[0]["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-8) == two[1]["loss"], case
         assert two[0]["tokens"] == two[1]["tokens"] == whole["tokens"]
