@@ -42,6 +42,15 @@ class LogitTransform:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    def backward(self, logits: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient w.r.t. the projection `hidden @ W.T + b`, from this transform's output `logits` and the
+        gradient w.r.t. them (changed in place). The soft cap's derivative is 1 - tanh^2, and tanh = logits / cap."""
+        if self.softcap is not None:
+            grad.mul_(1.0 - (logits / self.softcap).square())
+        if self.scale != 1.0:
+            grad.mul_(self.scale)
+        return grad
+
 
 def logit_transform(config) -> LogitTransform:
     """The transform a transformers config asks for (the text config of a multimodal one)."""

@@ -48,8 +48,14 @@ class TeacherTokens:
 @dataclass
 class LossOutput:
     loss_sum: torch.Tensor  # summed over tokens; the caller divides by the optimizer step's token count
-    stats: dict[str, float] = field(default_factory=dict)  # sums over tokens: "kl", "entropy", "distillation", ...
+    # sums over tokens ("kl", "entropy", "distillation", ...), still on the device: the step reads them all at once
+    stat_sums: dict[str, torch.Tensor] = field(default_factory=dict)
     token_logprobs: torch.Tensor | None = None  # [N] detached student log-probs of the targets (old log-probs later)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The sums as numbers (a host sync per statistic: for tests and one-off reads, not the training step)."""
+        return {"kl": 0.0, "entropy": 0.0, **{key: float(value) for key, value in self.stat_sums.items()}}
 
 
 class TokenTerm(Protocol):
@@ -92,6 +98,18 @@ class Divergence:
         """Per-token loss and per-token reverse KL (for metrics) for one chunk of rows."""
         raise NotImplementedError
 
+    def chunk_gradient(
+        self, student_logp: torch.Tensor, student_p: torch.Tensor, teacher: TeacherTokens, targets: torch.Tensor,
+        rows: slice,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`chunk`'s per-token loss and KL, and the gradient of each row's loss w.r.t. that row's student log-probs
+        (a row's loss depends on its own row only). Autograd through `chunk` here; a loss may write it out."""
+        leaf = student_logp.detach().requires_grad_()
+        with torch.enable_grad():
+            per_token, kl = self.chunk(leaf, teacher, targets, rows)
+            (grad,) = torch.autograd.grad(per_token.sum(), leaf)
+        return per_token.detach(), kl.detach(), grad
+
     def __call__(
         self,
         student: StudentTokens,
@@ -101,47 +119,63 @@ class Divergence:
     ) -> LossOutput:
         """Sum over tokens of w * distillation + (1 - w) * token_term, in one pass over the LM head.
 
-        `teacher=None` (SDPO with w=0) drops the distillation term; the teacher was never asked.
+        `teacher=None` (SDPO with w=0) drops the distillation term; the teacher was never asked. Each chunk's
+        gradient w.r.t. the student's logits is G - p * sum(G), divided by the temperature, where G is the gradient
+        w.r.t. the log-probs: the distillation term's (`chunk_gradient`, times each token's detached weight) plus
+        the token term's on each sampled token.
         """
         stats: dict[str, torch.Tensor] = {}  # sums kept on the device: one host sync per statistic, at the end
         token_logprobs = torch.empty(student.targets.shape[0], dtype=torch.float32, device=student.hidden.device)
         weight_of = {"distillation": distillation_weight if teacher is not None else 0.0,
                      "policy": 1.0 - distillation_weight if token_term is not None else 0.0}
 
-        def chunk_loss(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        def chunk_loss(logits: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             rows = slice(start, end)
-            targets = student.targets[rows]
+            targets = student.targets[rows].long()
             student_logp = torch.log_softmax(logits / self.temperature, dim=-1)
-            token_logp = student_logp.gather(-1, targets[:, None].long()).squeeze(-1)
-            token_logprobs[rows] = token_logp.detach()
+            student_p = student_logp.exp()
+            token_logp = student_logp.gather(-1, targets[:, None]).squeeze(-1)
+            token_logprobs[rows] = token_logp
             loss = logits.new_zeros(())
+            grad = None  # w.r.t. the log-probs
             if teacher is not None:
-                per_token, kl = self.chunk(student_logp, teacher, targets, rows)
+                per_token, kl, grad = self.chunk_gradient(student_logp, student_p, teacher, targets, rows)
+                multiplier = torch.full_like(per_token, weight_of["distillation"])
                 if student.old_logprobs is not None and student.is_clip is not None:
                     ratio = clipped_importance_ratio(token_logp, student.old_logprobs[rows], student.is_clip)
                     per_token = per_token * ratio
+                    multiplier = multiplier * ratio
                     add(stats, "is_ratio", ratio.sum())
                     add(stats, "is_clipped", (ratio >= student.is_clip).sum())
                 distilled = None
                 if student.weights is not None:
                     per_token = per_token * student.weights[rows]
+                    multiplier = multiplier * student.weights[rows]
                     distilled = student.weights[rows] > 0  # masked and skipped tokens are not distilled
                 distillation = per_token.sum()
                 add(stats, "kl", kl.sum() if distilled is None else kl[distilled].sum())
                 add(stats, "kl_tokens", kl.new_tensor(kl.numel()) if distilled is None else distilled.sum())
                 add(stats, "distillation", distillation)
                 loss = loss + weight_of["distillation"] * distillation
+                grad.mul_(multiplier[:, None])
             if token_term is not None:
-                policy = token_term(token_logp, rows, stats).sum()
+                leaf = token_logp.detach().requires_grad_()
+                with torch.enable_grad():
+                    policy = token_term(leaf, rows, stats).sum()
+                    (per_token_grad,) = torch.autograd.grad(policy, leaf)
                 add(stats, "policy", policy)
-                loss = loss + weight_of["policy"] * policy
-            with torch.no_grad():
-                add(stats, "entropy", -(student_logp.exp() * student_logp).sum())
-            return loss
+                loss = loss + weight_of["policy"] * policy.detach()
+                if grad is None:
+                    grad = torch.zeros_like(student_logp)
+                grad.scatter_add_(-1, targets[:, None], weight_of["policy"] * per_token_grad[:, None])
+            add(stats, "entropy", -(student_p * student_logp).sum())
+            if grad is None:
+                return loss, None
+            grad_logits = grad.sub_(student_p * grad.sum(-1, keepdim=True))  # through the log-softmax
+            return loss, grad_logits.div_(self.temperature)
 
         loss = chunked_head_loss(student.hidden, student.head, chunk_loss, self.chunk_size)
-        sums = {"kl": 0.0, "entropy": 0.0, **{key: float(value) for key, value in stats.items()}}
-        return LossOutput(loss, sums, token_logprobs)
+        return LossOutput(loss, stats, token_logprobs)
 
 
 def add(stats: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:

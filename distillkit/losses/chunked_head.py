@@ -1,8 +1,11 @@
-"""Apply the LM head in chunks of token rows, with the backward pass fused into the forward.
+"""Apply the LM head in chunks of token rows, with the backward pass written out in the forward.
 
 Only completion hidden states come in. Each chunk's fp32 logits ([chunk, V]) exist for the time it takes to
-compute that chunk's loss and its gradient; the full [N, V] logits of neither model are ever held. This is
-the same trick as Liger's fused linear losses and torchtune's chunked KD loss, in plain PyTorch.
+compute that chunk's loss and its gradient w.r.t. the logits; the full [N, V] logits of neither model are ever
+held. The chunk's loss gives that gradient itself (a divergence writes it out; `Divergence` falls back on autograd
+over the log-probs), and the head's gradients are then two matmuls per chunk, the weight's accumulated in place
+(`addmm_`): no autograd graph through the projection and no fresh [V, H] gradient per chunk. This is the same
+trick as Liger's fused linear losses and torchtune's chunked KD loss, in plain PyTorch.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from distillkit.lm_head import LMHead, LogitTransform, at_least_fp32, project
 
 __all__ = ["ChunkLoss", "at_least_fp32", "auto_chunk_size", "chunked_head_loss", "project"]
 
-# (student fp32 logits for rows [start, end), start, end) -> summed loss of those rows
-ChunkLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
+# (student fp32 logits for rows [start, end), start, end) -> (summed loss of those rows, its gradient w.r.t. the
+# logits, or None where the rows have no loss)
+ChunkLoss = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor | None]]
 
 LOGITS_BYTES_PER_CHUNK = 64 * 2**20
 
@@ -36,23 +40,22 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=accum, device=weight.device) if wants[1] else None
         grad_b = torch.zeros(bias.shape, dtype=accum, device=bias.device) if wants[2] else None
         total = torch.zeros((), dtype=accum, device=hidden.device)
-        w = weight.detach().requires_grad_(wants[1])
-        b = None if bias is None else bias.detach().requires_grad_(wants[2])
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
-            h = hidden[start:end].detach().requires_grad_(wants[0])
-            with torch.enable_grad():
-                loss = chunk_loss(project(h, w, b, transform), start, end)
-            inputs = [t for t in (h, w, b) if t is not None and t.requires_grad]
-            if inputs:
-                grads = iter(torch.autograd.grad(loss, inputs))
-                if wants[0]:
-                    grad_h[start:end] = next(grads)
-                if wants[1]:
-                    grad_w += next(grads)
-                if wants[2]:
-                    grad_b += next(grads)
+            h = hidden[start:end]
+            logits = project(h, weight, bias, transform)
+            loss, grad_logits = chunk_loss(logits, start, end)
             total += loss.detach()
+            if grad_logits is None or not any(wants):
+                continue
+            grad_raw = transform.backward(logits, grad_logits)  # w.r.t. h @ W.T + b
+            del logits
+            if wants[0]:
+                grad_h[start:end] = grad_raw.to(weight.dtype) @ weight
+            if wants[1]:
+                grad_w.addmm_(grad_raw.T.to(accum), h.to(accum))
+            if wants[2]:
+                grad_b += grad_raw.sum(0)
         saved = [grad_h, None if grad_w is None else grad_w.to(weight.dtype),
                  None if grad_b is None else grad_b.to(bias.dtype)]
         ctx.save_for_backward(*[torch.empty(0) if g is None else g for g in saved])

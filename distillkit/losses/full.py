@@ -6,11 +6,13 @@ model's logits are materialized; only completion rows go in (`liger_inputs`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from distillkit.errors import ConfigError
 from distillkit.losses.base import Divergence, LossOutput, StudentTokens, TeacherTokens
-from distillkit.losses.math import generalized_jsd, kl
+from distillkit.losses.math import generalized_jsd, kl, xlogy_difference
 
 KERNELS = ("torch", "liger")
 
@@ -26,12 +28,36 @@ class FullDivergence(Divergence):
         self.kernel = kernel
         self._liger = None
 
+    def teacher_logp(self, teacher: TeacherTokens, rows: slice) -> torch.Tensor:
+        return torch.log_softmax(teacher.head.logits(teacher.hidden[rows]) / self.temperature, dim=-1)
+
     def chunk(self, student_logp, teacher: TeacherTokens, targets, rows):
         with torch.no_grad():
-            teacher_logits = teacher.head.logits(teacher.hidden[rows])
-            teacher_logp = torch.log_softmax(teacher_logits / self.temperature, dim=-1)
+            teacher_logp = self.teacher_logp(teacher, rows)
         per_token = generalized_jsd(student_logp, teacher_logp, self.beta)
         return per_token, kl(student_logp.detach(), teacher_logp)
+
+    @torch.no_grad()
+    def chunk_gradient(self, student_logp, student_p, teacher: TeacherTokens, targets, rows):
+        """The generalized JSD and its gradient w.r.t. the student's log-probs s, written out. With the mixture
+        log m = logaddexp(s + log(1-beta), t + log beta): d/ds_j = (1-beta) p_j (s_j - m_j); at beta=0 (forward
+        KL) it is -q_j, at beta=1 (reverse KL) p_j (s_j - t_j + 1), where p and q are the student's and the
+        teacher's probabilities."""
+        teacher_logp = self.teacher_logp(teacher, rows)
+        reverse = xlogy_difference(student_p, student_logp, teacher_logp)  # KL(S||T) per row, the metric
+        beta = self.beta
+        if beta == 0.0:
+            teacher_p = teacher_logp.exp()
+            return xlogy_difference(teacher_p, teacher_logp, student_logp).sum(-1), reverse.sum(-1), teacher_p.neg_()
+        if beta == 1.0:
+            grad = torch.where(student_p > 0, student_p * (student_logp - teacher_logp + 1.0), 0.0)
+            return reverse.sum(-1), reverse.sum(-1), grad
+        mixture = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
+        teacher_p = teacher_logp.exp()
+        per_token = (beta * xlogy_difference(teacher_p, teacher_logp, mixture).sum(-1)
+                     + (1.0 - beta) * xlogy_difference(student_p, student_logp, mixture).sum(-1))
+        grad = torch.where(student_p > 0, (1.0 - beta) * student_p * (student_logp - mixture), 0.0)
+        return per_token, reverse.sum(-1), grad
 
     def __call__(self, student, teacher, token_term=None, distillation_weight: float = 1.0) -> LossOutput:
         if self.kernel == "torch" or teacher is None:
@@ -70,3 +96,4 @@ def liger_inputs(student: StudentTokens, teacher: TeacherTokens) -> tuple[torch.
             raise ConfigError("loss.kernel=liger takes a plain LM head; this model's head has a bias or a logit "
                               "scale/softcap that Liger's fused JSD does not apply. Use loss.kernel=torch.")
     return student.hidden, student.head.weight, teacher.hidden, teacher.head.weight
+

@@ -26,8 +26,12 @@ def generalized_jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta
 
 def kl(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
     """KL(P||Q) per row; terms with p=0 count as 0 (also when q=0 there)."""
-    p = p_logp.exp()
-    return torch.where(p > 0, p * (p_logp - q_logp), torch.zeros_like(p)).sum(-1)
+    return xlogy_difference(p_logp.exp(), p_logp, q_logp).sum(-1)
+
+
+def xlogy_difference(p: torch.Tensor, p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """p * (log p - log q) elementwise, 0 where p = 0 (also when q = 0 there): the terms of KL(P||Q)."""
+    return torch.where(p > 0, p * (p_logp - q_logp), 0.0)
 
 
 def add_tail_bucket(logp: torch.Tensor) -> torch.Tensor:
