@@ -50,11 +50,16 @@ def init_distributed(on_cpu: bool = False) -> ProcessInfo:
 
 
 def all_reduce_sum(value: float, device: torch.device) -> float:
+    return all_reduce_sums([value], device)[0]
+
+
+def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over processes, in one collective."""
     if not is_distributed():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    return tensor.item()
+    return tensor.tolist()
 
 
 def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:

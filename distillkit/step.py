@@ -12,7 +12,7 @@ import torch
 
 from distillkit.assembly import Parts
 from distillkit.batch import completion_hidden
-from distillkit.distributed import all_reduce_sum, gather_lists, sum_across_processes
+from distillkit.distributed import all_reduce_sums, gather_lists, sum_across_processes
 from distillkit.losses import StudentTokens
 from distillkit.methods import RolloutContext
 
@@ -79,21 +79,19 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
     terms = [method.token_term(m, parts.device) for m in micros]  # SDPO's PPO-clip term, SFT's cross-entropy
     has_loss = [m.teacher is not None or term is not None for m, term in zip(micros, terms, strict=True)]
     last = max((i for i, loses in enumerate(has_loss) if loses), default=-1)
-    step_tokens = all_reduce_sum(sum(m.loss_tokens for m in micros), parts.device)
-    norm = max(step_tokens, 1)
-    completion_tokens = sum(m.student.num_completion_tokens for m in micros)
-    sums: dict[str, float] = {}
-    metrics = {"train/loss": 0.0, "train/loss_on_policy": 0.0, "train/loss_off_policy": 0.0,
-               "train/tokens": all_reduce_sum(completion_tokens, parts.device),
-               "train/micro_batches_with_loss": float(sum(has_loss))}
+    loss_tokens, completion_tokens = all_reduce_sums(  # the step's two counts, in one collective
+        [sum(m.loss_tokens for m in micros), sum(m.student.num_completion_tokens for m in micros)], parts.device)
+    norm = max(loss_tokens, 1)
+    sums: dict[str, torch.Tensor] = {}  # on the device until the step's end: one host sync for all of them
     for i, (micro, term) in enumerate(zip(micros, terms, strict=True)):
         if not has_loss[i]:  # e.g. SDPO w=1 and no rollout in it was reprompted: nothing to learn from
             continue
         batch = micro.student.to(parts.device)
         teacher_tokens = None
         if micro.teacher is not None:
-            with clock("teacher"):
-                teacher_tokens = parts.teacher.score(micro.teacher.to(parts.device), parts.divergence.teacher_request())
+            with clock("teacher"):  # GKD's teacher reads the student's own batch: copied once
+                teacher_batch = batch if micro.teacher is micro.student else micro.teacher.to(parts.device)
+                teacher_tokens = parts.teacher.score(teacher_batch, parts.divergence.teacher_request())
         with clock("update"), parts.precision.autocast():
             hidden = parts.student_parts.hidden_states(batch.input_ids, batch.attention_mask)
             student_tokens = StudentTokens(
@@ -107,22 +105,26 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
             parts.strategy.backward(out.loss_sum / norm, parts.precision, last_of_step=i == last)
         if method.num_iterations > 1:  # the first step's become pi_old of the reuse steps to come
             micro.token_logprobs = out.token_logprobs.cpu()
-        loss = out.loss_sum.item() / norm
-        metrics["train/loss"] += loss
-        metrics["train/loss_on_policy" if micro.on_policy else "train/loss_off_policy"] += loss
-        for key, value in out.stats.items():
-            sums[key] = sums.get(key, 0.0) + value
-    return step_metrics(metrics, sums, norm)
+        loss = out.loss_sum.detach().double()
+        for key, value in {**out.stat_sums, "loss": loss,
+                           "loss_on_policy" if micro.on_policy else "loss_off_policy": loss}.items():
+            sums[key] = sums[key] + value if key in sums else value
+    keys = list(sums)
+    values = torch.stack([sums[k].double().reshape(()) for k in keys]).tolist() if keys else []
+    totals = {"loss": 0.0, "loss_on_policy": 0.0, "loss_off_policy": 0.0, **dict(zip(keys, values, strict=True))}
+    return step_metrics(totals, norm, completion_tokens, float(sum(has_loss)))
 
 
-def step_metrics(metrics: dict[str, float], sums: dict[str, float], norm: float) -> dict[str, float]:
+def step_metrics(sums: dict[str, float], norm: float, completion_tokens: float, with_loss: float
+                 ) -> dict[str, float]:
     """The step's losses and statistics, summed over processes in one collective and normalized."""
-    loss_keys = ("train/loss", "train/loss_on_policy", "train/loss_off_policy")
-    sums = sum_across_processes({**{k: metrics[k] for k in loss_keys}, **sums})
-    metrics.update({k: sums.pop(k) for k in loss_keys})
-    token_norm = max(metrics["train/tokens"], 1)
-    metrics["train/kl"] = sums.get("kl", 0.0) / max(sums.get("kl_tokens", 0.0), 1)  # over distilled tokens only
-    metrics["train/entropy"] = sums.get("entropy", 0.0) / token_norm
+    sums = sum_across_processes(sums)
+    token_norm = max(completion_tokens, 1)
+    metrics = {"train/loss": sums["loss"] / norm, "train/loss_on_policy": sums["loss_on_policy"] / norm,
+               "train/loss_off_policy": sums["loss_off_policy"] / norm, "train/tokens": completion_tokens,
+               "train/micro_batches_with_loss": with_loss,
+               "train/kl": sums.get("kl", 0.0) / max(sums.get("kl_tokens", 0.0), 1),  # over distilled tokens only
+               "train/entropy": sums.get("entropy", 0.0) / token_norm}
     if "distillation" in sums:
         metrics["train/distillation_loss"] = sums["distillation"] / norm
     if "policy" in sums:  # the method's token term (SDPO's PPO-clip term, SFT's cross-entropy)
