@@ -22,6 +22,7 @@ from distillkit.checkpoint import (
 )
 from distillkit.distributed import ProcessInfo, barrier, gather_lists
 from distillkit.errors import ConfigError
+from distillkit.strategies import DataParallel
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Checkpointer:
 def check_same_strategy(state: dict, strategy: str) -> None:
     """Each strategy keeps the optimizer state its own way: by position (ddp), by parameter name (fsdp2), in
     DeepSpeed's partitions (deepspeed)."""
-    was = state.get("strategy", "ddp")
+    was = state.get("strategy", DataParallel.name)  # written before strategies were recorded: one process
     if was != strategy:
         raise ConfigError(
             f"The checkpoint was written with distributed.strategy={was} and this run uses {strategy}. Resume with "

@@ -53,7 +53,8 @@ def load_causal_lm(
 def sync_from_first_process(model: torch.nn.Module) -> None:
     """Under `accelerate launch` with an FSDP config that has `fsdp_cpu_ram_efficient_loading` (accelerate's
     default), transformers reads the weights on each machine's first process only and fills the others with zeros,
-    expecting the trainer to copy them over: copy them from process 0."""
+    expecting the trainer to copy them over: copy them from process 0. This follows what transformers did while
+    loading, whatever `distributed.strategy` says, so it is the loader's business, not a strategy's."""
     import torch.distributed as dist
     from transformers.integrations import is_fsdp_enabled
 
