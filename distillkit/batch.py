@@ -28,15 +28,16 @@ class SequenceBatch:
 
 
 def collate(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> SequenceBatch:
-    width = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    completion = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        input_ids[row, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-        attention[row, : len(p) + len(c)] = 1
-        completion[row, len(p) : len(p) + len(c)] = True
-    return SequenceBatch(input_ids, attention, completion)
+    """Right-padded prompt+completion rows, built with one tensor per field (not one per row)."""
+    prompt_lengths = torch.tensor([len(p) for p in prompts])
+    lengths = prompt_lengths + torch.tensor([len(c) for c in completions])
+    width = int(lengths.max())
+    input_ids = torch.tensor([p + c + [pad_id] * (width - len(p) - len(c))
+                              for p, c in zip(prompts, completions, strict=True)], dtype=torch.long)
+    position = torch.arange(width)
+    attention = position < lengths[:, None]
+    completion = attention & (position >= prompt_lengths[:, None])
+    return SequenceBatch(input_ids, attention.long(), completion)
 
 
 def completion_hidden(hidden: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:

@@ -63,11 +63,9 @@ class HFGenerator(Generator):
         device = next(model.parameters()).device
         width = max(len(p) for p in prompt_ids)
         pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, p in enumerate(prompt_ids):  # left padding, so every prompt ends where generation starts
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
+        # left padding, so every prompt ends where generation starts; one tensor, not one per row
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], dtype=torch.long)
+        mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompt_ids])[:, None]).long()
         sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         was_training = model.training
         model.eval()
