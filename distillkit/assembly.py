@@ -21,6 +21,7 @@ from distillkit.generation.vllm import check_servable
 from distillkit.lm_head import check_head_matches_model
 from distillkit.losses.base import Divergence
 from distillkit.methods.method import Method
+from distillkit.methods.micro_batch import RolloutContext
 from distillkit.models import (
     ConfigError,
     DecoderAndHead,
@@ -32,6 +33,7 @@ from distillkit.models import (
     load_tokenizer,
 )
 from distillkit.precision import MixedPrecision
+from distillkit.rollouts import AsyncRollouts, Rollouts
 from distillkit.strategies import Strategy, make_strategy
 from distillkit.teachers.in_process import TeacherGenerator
 from distillkit.teachers.teacher import Teacher
@@ -93,6 +95,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     method = build_object(cfg.method)
     teacher = build_object(cfg.teacher)
     request = check_composition(cfg, method, teacher).teacher_request()
+    if cfg.train.get("async_generation", False):
+        method.check_async_rollouts(choice(cfg, "method"))
     tokenizer = load_tokenizer(cfg.model.student, cfg.model.trust_remote_code)
     student_config = load_model_config(cfg.model.student, cfg.model.trust_remote_code)
     if choice(cfg, "generation") == "vllm":
@@ -144,6 +148,7 @@ class Parts:
     scheduler: object
     precision: MixedPrecision
     strategy: Strategy
+    rollouts: Rollouts
 
 
 def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = None) -> Parts:
@@ -169,17 +174,34 @@ def build(cfg: DictConfig, prepared: Prepared, process: ProcessInfo | None = Non
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                   betas=tuple(cfg.train.adam_betas))
     strategy.attach_optimizer(student, optimizer)
+    generator = instantiate(cfg.generation).bind(student, tokenizer)
+    precision = MixedPrecision(cfg.train.get("mixed_precision", "no"), device)
+    teacher_sampler = teacher_generator(cfg, teacher, tokenizer)
+    rollouts = make_rollouts(cfg, method, generator, teacher_sampler, tokenizer, student, prepared.vocab_size,
+                             precision, process)
     return Parts(
         cfg=cfg, device=device, method=method, teacher=teacher, tokenizer=tokenizer,
         vocab_size=prepared.vocab_size, student=student, student_parts=strategy.decoder_and_head(student),
         divergence=instantiate(cfg.loss, beta=method.beta, temperature=method.temperature),
-        generator=instantiate(cfg.generation).bind(student, tokenizer),
-        teacher_generator=teacher_generator(cfg, teacher, tokenizer),
+        generator=generator, teacher_generator=teacher_sampler,
         params=params, process=process, optimizer=optimizer,
         scheduler=get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                 num_training_steps=cfg.train.steps),
-        precision=MixedPrecision(cfg.train.get("mixed_precision", "no"), device), strategy=strategy,
+        precision=precision, strategy=strategy, rollouts=rollouts,
     )
+
+
+def make_rollouts(cfg: DictConfig, method: Method, generator: Generator, teacher_sampler: TeacherGenerator | None,
+                  tokenizer, student: torch.nn.Module, vocab_size: int, precision: MixedPrecision,
+                  process: ProcessInfo) -> Rollouts:
+    """The step's rollouts made when it starts, or (`train.async_generation`) one step ahead from a copy."""
+    context = RolloutContext(generator, teacher_sampler, tokenizer, cfg.train.gradient_accumulation_steps,
+                             cfg.train.seed)
+    if not cfg.train.get("async_generation", False):
+        return Rollouts(method, context)
+    seed = (cfg.train.seed + 1_000_003 * process.rank) * 1_000_033
+    return AsyncRollouts.around(student, instantiate(cfg.generation), method, context, vocab_size, precision, seed,
+                                cfg.train.async_generation_threads, cfg.train.async_is_clip)
 
 
 def teacher_generator(cfg: DictConfig, teacher: Teacher, tokenizer, greedy: bool = False) -> TeacherGenerator | None:

@@ -55,6 +55,7 @@ class Checkpointer:
         mine = before or self.process_state()
         rngs, _ = gather_lists([mine.rng])
         methods, _ = gather_lists([mine.method])
+        rollouts, _ = gather_lists([parts.rollouts.state_dict(step)])  # sampled ahead for `step`, if any
         if main or strategy.gathers_collectively:
             model = trainable_state(parts.student, strategy.model_state(parts.student))
             teacher = parts.teacher.state_dict()
@@ -66,7 +67,7 @@ class Checkpointer:
                 "model": model, "optimizer": optimizer, "scheduler": parts.scheduler.state_dict(),
                 "precision": parts.precision.state_dict(), "teacher": teacher, "summary": asdict(summary),
                 "strategy": strategy.name, "method": methods[0], "method_per_process": methods,
-                "rng_per_process": rngs,
+                "rng_per_process": rngs, "rollouts_per_process": rollouts,
             }, keep_last=self.keep_last, rng=rngs[0])
         barrier()
 
@@ -84,7 +85,9 @@ class Checkpointer:
         parts.precision.load_state_dict(state.get("precision", {}))
         parts.teacher.load_state_dict(state["teacher"])
         parts.method.load_state_dict(own_share(state, "method", parts.process) or {})
-        parts.generator.sync(parts.student, force=True)  # a separate engine (vLLM) gets the resumed weights
+        if "rollouts_per_process" in state:  # rollouts sampled ahead for the next step
+            parts.rollouts.load_state_dict(own_share(state, "rollouts", parts.process) or {})
+        parts.rollouts.resume_from(parts.student)  # a separate sampler (vLLM, the async copy) gets the weights
         return Restored(path, state["step"], state["summary"], rng)
 
 

@@ -100,6 +100,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None, s
         with PreemptionGuard() as guard:
             return train(cfg, output_dir, overrides, prepared, parts, sweep, guard)
     finally:
+        parts.rollouts.close()
         parts.generator.close()  # a colocated vLLM engine holds memory until shut down
 
 
@@ -122,7 +123,8 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
     for step in progress:
         before = checkpointer.process_state()
         try:
-            metrics = optimizer_step(parts, rows.at(step), step, clock)
+            metrics = optimizer_step(parts, rows.at(step), step, clock,
+                                     rows.at(step + 1) if step + 1 < steps else None)
         except TeacherError:  # saved as it was before this step, so a resume redoes the step exactly
             parts.optimizer.zero_grad(set_to_none=True)
             checkpointer.save(step, summary, before)

@@ -64,6 +64,9 @@ class TrainConf:
     save_every: int = MISSING
     keep_checkpoints: int = MISSING
     resume: bool = MISSING
+    async_generation: bool = MISSING
+    async_generation_threads: int = MISSING
+    async_is_clip: Optional[float] = MISSING  # noqa: UP045
 
 
 @dataclass

@@ -14,7 +14,6 @@ from distillkit.assembly import Parts
 from distillkit.batch import completion_hidden
 from distillkit.distributed import all_reduce_sums, gather_lists, sum_across_processes
 from distillkit.losses import StudentTokens
-from distillkit.methods import RolloutContext
 
 
 class StepClock:
@@ -44,20 +43,23 @@ class StepClock:
                 **{f"time/{k}_fraction": v / total for k, v in self.totals.items()}}
 
 
-def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) -> dict[str, float]:
-    """Buffered rollouts for all micro-batches, accumulation, the update, the teacher's update."""
+def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock,
+                   next_rows: list[dict] | None = None) -> dict[str, float]:
+    """Buffered rollouts for all micro-batches, accumulation, the update, the teacher's update. `next_rows`: the
+    next step's rows, for rollouts sampled while this step trains (`train.async_generation`)."""
     cfg = parts.cfg
-    context = RolloutContext(parts.generator, parts.teacher_generator, parts.tokenizer,
-                             cfg.train.gradient_accumulation_steps, cfg.train.seed)
     with clock("generate"), parts.precision.autocast():
-        micros = parts.method.micro_batches(step, rows, context)
+        micros = parts.rollouts.take(step, rows)
+    if next_rows is not None:
+        parts.rollouts.prefetch(step + 1, next_rows)
     metrics = accumulate_gradients(parts, micros, clock)
     with clock("update"):
         grad_norm = parts.strategy.step(parts.params, parts.optimizer, parts.precision, cfg.train.max_grad_norm,
                                         has_loss=metrics["train/micro_batches_with_loss"] > 0)
         parts.scheduler.step()
     parts.teacher.after_optimizer_step(step + 1)
-    parts.generator.sync(parts.student)
+    with clock("generate"):  # an asynchronous sampler's wait for the next step's rollouts counts as generation
+        parts.rollouts.after_update(parts.student)
     clock.tokens += metrics["train/tokens"]
     lengths = torch.cat([m.student.completion_mask.sum(1).float() for m in micros])
     metrics.update({
@@ -65,7 +67,7 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock) 
         "train/on_policy_fraction": sum(m.on_policy for m in micros) / len(micros),
         "completions/mean_length": float(lengths.mean()), "completions/max_length": float(lengths.max()),
         "completions/min_length": float(lengths.min()),
-        **parts.method.metrics(), **clock.metrics(),
+        **parts.method.metrics(), **parts.rollouts.metrics(), **clock.metrics(),
     })
     return metrics
 
@@ -98,7 +100,8 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
                 completion_hidden(hidden, batch), parts.student_parts.lm_head(parts.vocab_size),
                 batch.completion_targets(),
                 weights=to_device(micro.distill_weights, parts.device),
-                old_logprobs=to_device(micro.old_logprobs, parts.device), is_clip=method.distillation_is_clip,
+                old_logprobs=to_device(micro.old_logprobs, parts.device),
+                is_clip=method.distillation_is_clip if micro.is_clip is None else micro.is_clip,
             )
             out = parts.divergence(student_tokens, teacher_tokens, term, method.distillation_weight)
         with clock("update"):

@@ -65,6 +65,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={dtype!r} is not one of {sorted(DTYPES)}.")
     strategy = strategy_class(cfg)  # an unknown strategy, or FSDP version 1, is refused here
     check_mixed_precision(train.get("mixed_precision", "no"), cfg.model.dtype, strategy, lora=bool(cfg.model.lora))
+    if train.get("async_generation", False):
+        check_async_generation(cfg, strategy)
     check_device(cfg)
     check_liger(cfg)
     if choice(cfg, "generation") == "vllm":
@@ -75,6 +77,27 @@ def validate(cfg: DictConfig) -> None:
             )
         require_vllm()
     strategy.check_config(cfg)
+
+
+def check_async_generation(cfg: DictConfig, strategy) -> None:
+    """The background sampler is a copy of the student driven by transformers' `generate` in this process."""
+    if choice(cfg, "generation") != "hf":
+        raise ConfigError(
+            f"train.async_generation=true samples with generation=hf from a copy of the student; "
+            f"generation={choice(cfg, 'generation')} already has its own engine and does not overlap with the step "
+            "yet. Use generation=hf, or train.async_generation=false."
+        )
+    if strategy.collective_forwards:
+        raise ConfigError(
+            f"train.async_generation=true with distributed.strategy={strategy.name}: every forward there is a "
+            "collective, which a background sampler would interleave. Use distributed.strategy=ddp, or "
+            "train.async_generation=false."
+        )
+    if int(cfg.train.async_generation_threads) < 1:
+        raise ConfigError(f"train.async_generation_threads={cfg.train.async_generation_threads} must be >= 1.")
+    clip = cfg.train.async_is_clip
+    if clip is not None and float(clip) < 1:
+        raise ConfigError(f"train.async_is_clip={clip} must be >= 1 (or null for no clip).")
 
 
 def check_device(cfg: DictConfig) -> None:

@@ -34,6 +34,14 @@ class GKD(Method):
                 "scores. Set method.seq_kd=false, or use teacher=live with teacher.model."
             )
 
+    def check_async_rollouts(self, method_choice: str) -> None:
+        """Only the student samples ahead: teacher samples (seq_kd) would need a copy of the teacher too."""
+        if self.seq_kd and self.lmbda < 1:
+            raise ConfigError(
+                "train.async_generation=true samples the student's rollouts a step ahead, not the teacher's: with "
+                "method.seq_kd=true set train.async_generation=false (or method.seq_kd=false)."
+            )
+
     def on_policy_plan(self, step: int, num_micro_batches: int, seed: int) -> list[bool]:
         """One draw per micro-batch, from (seed, step) alone: every process and every resume draws the same."""
         rng = random.Random(seed * 1_000_003 + step)

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from distillkit.errors import ConfigError
 from distillkit.losses.base import TokenTerm
 from distillkit.methods.micro_batch import MicroBatch, RolloutContext
 from distillkit.teachers.teacher import TeacherDescription
@@ -43,6 +44,15 @@ class Method(ABC):
 
     def check_teacher(self, teacher: TeacherDescription, teacher_choice: str) -> None:
         """Refuse, before anything loads, a teacher this method's settings cannot work with."""
+
+    def check_async_rollouts(self, method_choice: str) -> None:
+        """Refuse `train.async_generation`, before anything loads, where this method's rollouts cannot be sampled a
+        step ahead from a copy of the student (state carried between steps, a teacher that samples)."""
+        raise ConfigError(
+            f"train.async_generation=true samples from a copy of the student a step ahead; method={method_choice} "
+            "builds its steps from state that changes every step, so it does not support it yet. Set "
+            "train.async_generation=false."
+        )
 
     @abstractmethod
     def micro_batches(self, step: int, rows: list[dict], ctx: RolloutContext) -> list[MicroBatch]:

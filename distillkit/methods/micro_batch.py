@@ -19,7 +19,8 @@ class MicroBatch:
     rows: list[dict]  # the data set row of each sequence
     distill_weights: torch.Tensor | None = None  # [N] 0 masks a token out of the distillation term
     advantages: torch.Tensor | None = None  # [N] set: add the policy-gradient term (SDPO)
-    old_logprobs: torch.Tensor | None = None  # [N] the rollout policy's log-probs (reused rollouts)
+    old_logprobs: torch.Tensor | None = None  # [N] the rollout policy's log-probs (reused or stale rollouts)
+    is_clip: float | None = None  # the IS ratio's clip on old_logprobs here; None: the method's own
     num_loss_tokens: int | None = None  # tokens this micro-batch adds to the step's normalizer; None: all
     token_logprobs: torch.Tensor | None = None  # [N] filled by the loop: the student's log-probs at its forward
 
