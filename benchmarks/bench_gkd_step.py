@@ -54,7 +54,7 @@ SETTINGS = {
              "vocab": 49152, "steps": 4, "max_completion_length": 32},
 }
 REAL_STUDENT_LAYERS = [0, 10, 20, 29]
-FRAMEWORKS = ("distillkit", "trl", "trl_distillation")
+FRAMEWORKS = ("distillkit", "distillkit_async", "trl", "trl_distillation")
 LR = 1e-3
 MAX_GRAD_NORM = 1.0
 SEED = 0
@@ -150,7 +150,7 @@ def step_timer(device, counters):
     return StepTimer()
 
 
-def worker_distillkit(args) -> dict:
+def worker_distillkit(args, async_generation: bool = False) -> dict:
     from hydra import compose, initialize_config_dir
 
     from distillkit.cli import register_resolvers
@@ -180,6 +180,8 @@ def worker_distillkit(args) -> dict:
         f"train.max_grad_norm={MAX_GRAD_NORM}",
         f"train.seed={SEED}",
         f"data.num_train={num_rows(args)}",
+        *(["train.async_generation=true", f"train.async_generation_threads={args.async_generation_threads}"]
+          if async_generation else []),
         "data.num_eval=8",
     ]
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
@@ -202,7 +204,9 @@ def worker_distillkit(args) -> dict:
         t_loop = time.perf_counter()
         batch_rows = [rows[i] for i in sampler.indices(step)]
         t_step, c_step = time.perf_counter(), time.process_time()
-        metrics = optimizer_step(parts, batch_rows, step, clock)
+        next_rows = ([rows[i] for i in sampler.indices(step + 1)]
+                     if async_generation and step + 1 < args.warmup + args.steps else None)
+        metrics = optimizer_step(parts, batch_rows, step, clock, next_rows)
         sync(device)
         t_end = time.perf_counter()
         cpu_times.append(time.process_time() - c_step)
@@ -212,7 +216,7 @@ def worker_distillkit(args) -> dict:
         losses.append(metrics["train/loss"])
     phases = {k: clock.totals[k] - (phase_at_warmup or {}).get(k, 0.0) for k in clock.totals}
     return summarize(step_times, loop_times, cpu_times, tokens, args, memory, {
-        "framework": "distillkit", "phase_seconds": phases, "losses": losses,
+        "framework": "distillkit (async)" if async_generation else "distillkit", "phase_seconds": phases, "losses": losses,
         "device": str(device),
     })
 
@@ -350,7 +354,8 @@ def worker_trl_distillation(args) -> dict:
 
 
 def child_args(args, framework: str, model_dir: Path) -> list[str]:
-    keys = ("batch_size", "steps", "warmup", "max_completion_length", "beta", "temperature", "device", "threads")
+    keys = ("batch_size", "steps", "warmup", "max_completion_length", "beta", "temperature", "device", "threads",
+            "async_generation_threads")
     out = [str(Path(__file__).resolve()), "--worker", framework, "--model-dir", str(model_dir)]
     for k in keys:
         out += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
@@ -363,31 +368,31 @@ def fmt_phases(r: dict) -> str:
 
 
 def compare(results: dict[str, list[dict]]) -> dict:
-    """distillkit over each TRL trainer, run by run (the runs alternate, so run i of each saw the same machine):
-    min / median / max of the ratios of throughput (step, per CPU-second) and of peak memory, and against the
-    faster TRL trainer by median step throughput."""
-    lines, table = ["", "distillkit / TRL, per alternating run (min / median / max):"], {}
-    ours = [r for r in results.get("distillkit", []) if "error" not in r]
-    trls = {fw: [r for r in runs if "error" not in r] for fw, runs in results.items() if fw.startswith("trl")}
-    trls = {fw: runs for fw, runs in trls.items() if runs}
-    for fw, runs in trls.items():
-        pairs = list(zip(ours, runs, strict=False))
-        if not pairs:
-            continue
+    """Each distillkit variant over each TRL trainer (and async over sync), run by run (the runs alternate, so run i
+    of each saw the same machine): min / median / max of the ratios of throughput (step, per CPU-second) and of peak
+    memory, and against the faster TRL trainer by median step throughput."""
+    lines, table = ["", "ratios per alternating run (min / median / max):"], {}
+    ok = {fw: [r for r in runs if "error" not in r] for fw, runs in results.items()}
+    ok = {fw: runs for fw, runs in ok.items() if runs}
+    trls = [fw for fw in ok if fw.startswith("trl")]
+    faster = max(trls, key=lambda fw: statistics.median(r["tokens_per_s_step"] for r in ok[fw])) if trls else None
+    ours = [fw for fw in ok if fw.startswith("distillkit")]
+    pairs = [(a, b) for a in ours for b in trls] + ([("distillkit_async", "distillkit")] if len(ours) == 2 else [])
+    for a, b in pairs:
         row = {}
         for key, label in (("tokens_per_s_step", "throughput (step)"), ("tokens_per_cpu_s", "per CPU-second"),
                            ("peak_mem_bytes", "peak memory")):
-            values = sorted(d[key] / max(t[key], 1e-9) for d, t in pairs)
+            values = sorted(x[key] / max(y[key], 1e-9) for x, y in zip(ok[a], ok[b], strict=False))
             row[key] = {"min": values[0], "median": statistics.median(values), "max": values[-1]}
-            lines.append(f"  vs {runs[0]['framework']}: {label} x{values[0]:.2f} / x{row[key]['median']:.2f} / "
-                         f"x{values[-1]:.2f}")
-        table[fw] = row
-    if table:
-        faster = max(trls, key=lambda fw: statistics.median(r["tokens_per_s_step"] for r in trls[fw]))
-        median = table[faster]["tokens_per_s_step"]["median"]
-        lines.append(f"  against the faster TRL trainer ({trls[faster][0]['framework']}): x{median:.2f} step "
-                     "throughput (median)")
-        table["faster"] = faster
+            lines.append(f"  {ok[a][0]['framework']} vs {ok[b][0]['framework']}: {label} x{values[0]:.2f} / "
+                         f"x{row[key]['median']:.2f} / x{values[-1]:.2f}")
+        table[f"{a}/{b}"] = row
+    for a in ours:
+        if faster:
+            median = table[f"{a}/{faster}"]["tokens_per_s_step"]["median"]
+            lines.append(f"  {ok[a][0]['framework']} against the faster TRL trainer ({ok[faster][0]['framework']}): "
+                         f"x{median:.2f} step throughput (median)")
+    table["faster_trl"] = faster
     return {"lines": lines, "table": table}
 
 
@@ -409,8 +414,11 @@ def main() -> None:
                    help="sampling and loss temperature (TRL's GKD loss ignores it: keep 1.0 for a fair run)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in each worker (0 = default)")
-    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                   help="trl: the experimental GKDTrainer; trl_distillation: the stable DistillationTrainer")
+    p.add_argument("--frameworks", default="distillkit,trl,trl_distillation",
+                   help="also distillkit_async (train.async_generation=true); trl: the experimental GKDTrainer; "
+                        "trl_distillation: the stable DistillationTrainer")
+    p.add_argument("--async-generation-threads", type=int, default=1,
+                   help="distillkit_async: torch threads of the background sampler")
     p.add_argument("--repeats", type=int, default=1, help="alternating runs per framework; medians are reported")
     p.add_argument("--json", type=Path, help="also write all results here")
     p.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
@@ -422,7 +430,8 @@ def main() -> None:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        workers = {"distillkit": worker_distillkit, "trl": worker_trl, "trl_distillation": worker_trl_distillation}
+        workers = {"distillkit": worker_distillkit, "distillkit_async": lambda a: worker_distillkit(a, True),
+                   "trl": worker_trl, "trl_distillation": worker_trl_distillation}
         result = workers[args.worker](args)
         result["threads"] = torch.get_num_threads()
         emit_result(result)
