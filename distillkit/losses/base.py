@@ -132,7 +132,7 @@ class Divergence:
         def chunk_loss(logits: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             rows = slice(start, end)
             targets = student.targets[rows].long()
-            student_logp = torch.log_softmax(logits / self.temperature, dim=-1)
+            student_logp = torch.log_softmax(logits if self.temperature == 1.0 else logits / self.temperature, dim=-1)
             student_p = student_logp.exp()
             token_logp = student_logp.gather(-1, targets[:, None]).squeeze(-1)
             token_logprobs[rows] = token_logp
@@ -140,24 +140,27 @@ class Divergence:
             grad = None  # w.r.t. the log-probs
             if teacher is not None:
                 per_token, kl, grad = self.chunk_gradient(student_logp, student_p, teacher, targets, rows)
-                multiplier = torch.full_like(per_token, weight_of["distillation"])
+                multiplier = None  # each token's detached weight on its gradient; None: 1
                 if student.old_logprobs is not None and student.is_clip is not None:
                     ratio = clipped_importance_ratio(token_logp, student.old_logprobs[rows], student.is_clip)
-                    per_token = per_token * ratio
-                    multiplier = multiplier * ratio
+                    per_token, multiplier = per_token * ratio, ratio
                     add(stats, "is_ratio", ratio.sum())
                     add(stats, "is_clipped", (ratio >= student.is_clip).sum())
                 distilled = None
                 if student.weights is not None:
-                    per_token = per_token * student.weights[rows]
-                    multiplier = multiplier * student.weights[rows]
-                    distilled = student.weights[rows] > 0  # masked and skipped tokens are not distilled
+                    weights = student.weights[rows]
+                    per_token = per_token * weights
+                    multiplier = weights if multiplier is None else multiplier * weights
+                    distilled = weights > 0  # masked and skipped tokens are not distilled
                 distillation = per_token.sum()
                 add(stats, "kl", kl.sum() if distilled is None else kl[distilled].sum())
                 add(stats, "kl_tokens", kl.new_tensor(kl.numel()) if distilled is None else distilled.sum())
                 add(stats, "distillation", distillation)
                 loss = loss + weight_of["distillation"] * distillation
-                grad.mul_(multiplier[:, None])
+                if multiplier is not None:
+                    grad.mul_(multiplier[:, None])
+                if weight_of["distillation"] != 1.0:
+                    grad.mul_(weight_of["distillation"])
             if token_term is not None:
                 leaf = token_logp.detach().requires_grad_()
                 with torch.enable_grad():
@@ -172,7 +175,7 @@ class Divergence:
             if grad is None:
                 return loss, None
             grad_logits = grad.sub_(student_p * grad.sum(-1, keepdim=True))  # through the log-softmax
-            return loss, grad_logits.div_(self.temperature)
+            return loss, grad_logits if self.temperature == 1.0 else grad_logits.div_(self.temperature)
 
         loss = chunked_head_loss(student.hidden, student.head, chunk_loss, self.chunk_size)
         return LossOutput(loss, stats, token_logprobs)

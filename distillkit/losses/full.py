@@ -12,7 +12,7 @@ import torch
 
 from distillkit.errors import ConfigError
 from distillkit.losses.base import Divergence, LossOutput, StudentTokens, TeacherTokens
-from distillkit.losses.math import generalized_jsd, kl, xlogy_difference
+from distillkit.losses.math import generalized_jsd, kl
 
 KERNELS = ("torch", "liger")
 
@@ -29,7 +29,8 @@ class FullDivergence(Divergence):
         self._liger = None
 
     def teacher_logp(self, teacher: TeacherTokens, rows: slice) -> torch.Tensor:
-        return torch.log_softmax(teacher.head.logits(teacher.hidden[rows]) / self.temperature, dim=-1)
+        logits = teacher.head.logits(teacher.hidden[rows])
+        return torch.log_softmax(logits if self.temperature == 1.0 else logits / self.temperature, dim=-1)
 
     def chunk(self, student_logp, teacher: TeacherTokens, targets, rows):
         with torch.no_grad():
@@ -42,22 +43,23 @@ class FullDivergence(Divergence):
         """The generalized JSD and its gradient w.r.t. the student's log-probs s, written out. With the mixture
         log m = logaddexp(s + log(1-beta), t + log beta): d/ds_j = (1-beta) p_j (s_j - m_j); at beta=0 (forward
         KL) it is -q_j, at beta=1 (reverse KL) p_j (s_j - t_j + 1), where p and q are the student's and the
-        teacher's probabilities."""
+        teacher's probabilities. The logits are finite, so every log-prob is too (a probability that underflows
+        to 0 contributes 0): no masking is needed, and the work is done in place on the chunk's own tiles."""
         teacher_logp = self.teacher_logp(teacher, rows)
-        reverse = xlogy_difference(student_p, student_logp, teacher_logp)  # KL(S||T) per row, the metric
         beta = self.beta
-        if beta == 0.0:
-            teacher_p = teacher_logp.exp()
-            return xlogy_difference(teacher_p, teacher_logp, student_logp).sum(-1), reverse.sum(-1), teacher_p.neg_()
+        log_ratio = student_logp - teacher_logp  # s - t
+        reverse = (student_p * log_ratio).sum(-1)  # KL(S||T) per row: the metric, and the loss at beta=1
         if beta == 1.0:
-            grad = torch.where(student_p > 0, student_p * (student_logp - teacher_logp + 1.0), 0.0)
-            return reverse.sum(-1), reverse.sum(-1), grad
-        mixture = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
+            return reverse, reverse, log_ratio.add_(1.0).mul_(student_p)
         teacher_p = teacher_logp.exp()
-        per_token = (beta * xlogy_difference(teacher_p, teacher_logp, mixture).sum(-1)
-                     + (1.0 - beta) * xlogy_difference(student_p, student_logp, mixture).sum(-1))
-        grad = torch.where(student_p > 0, (1.0 - beta) * student_p * (student_logp - mixture), 0.0)
-        return per_token, reverse.sum(-1), grad
+        if beta == 0.0:
+            return -(teacher_p * log_ratio).sum(-1), reverse, teacher_p.neg_()
+        del log_ratio
+        mixture = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
+        to_teacher = (teacher_p * teacher_logp.sub_(mixture)).sum(-1)  # KL(T||M)
+        student_terms = mixture.neg_().add_(student_logp).mul_(student_p)  # p (s - m)
+        per_token = beta * to_teacher + (1.0 - beta) * student_terms.sum(-1)
+        return per_token, reverse, student_terms.mul_(1.0 - beta)
 
     def __call__(self, student, teacher, token_term=None, distillation_weight: float = 1.0) -> LossOutput:
         if self.kernel == "torch" or teacher is None:
