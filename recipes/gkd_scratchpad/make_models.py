@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import random
 import shutil
@@ -314,7 +315,8 @@ teacher {SEED}, student {SEED + 1}. Checks during training use teacher-forced ar
 exact match); the accuracies above are from `generate` on the saved folders. Wall time of the run that wrote
 these files (2 shared CPU cores, 1 thread): teacher {t["seconds"]:.0f} s, student {s["seconds"]:.0f} s.
 
-Regenerate (deterministic; overwrites both folders and this file):
+Regenerate (deterministic; overwrites both folders and this file; `--only teacher|student` rebuilds one and
+rewrites this file from the other's `training.json`):
 
     python recipes/gkd_scratchpad/make_models.py
 """
@@ -324,7 +326,8 @@ Regenerate (deterministic; overwrites both folders and this file):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="where to write teacher/ and student/")
-    parser.add_argument("--only", choices=["teacher", "student"], default=None, help="build only this one")
+    parser.add_argument("--only", choices=["teacher", "student"], default=None,
+                        help="build only this one (the README is written once both folders exist)")
     args = parser.parse_args()
     out = args.out.resolve()
 
@@ -339,7 +342,11 @@ def main() -> None:
     start = time.perf_counter()
     models, info, sizes = {}, {}, {}
     for name, train in (("teacher", train_teacher), ("student", train_student)):
-        if args.only and name != args.only:
+        if args.only and name != args.only:  # the other one as an earlier run wrote it (each is trained alone)
+            if (out / name / "training.json").exists():
+                models[name] = AutoModelForCausalLM.from_pretrained(out / name)
+                info[name] = json.loads((out / name / "training.json").read_text())
+                sizes[name] = folder_bytes(out / name)
             continue
         pin_seeds(SEED)
         print(f"== {name}: {SHAPES[name]}", flush=True)
@@ -347,12 +354,14 @@ def main() -> None:
         sizes[name] = save(models[name], tokenizer, out / name)
         reloaded = AutoModelForCausalLM.from_pretrained(out / name)
         info[name]["greedy"] = greedy_exact_match(reloaded, AutoTokenizer.from_pretrained(out / name), eval_set)
+        (out / name / "training.json").write_text(json.dumps(info[name], indent=1) + "\n")
+        (out / name / "training.json").chmod(0o644)
         print(f"== {name}: greedy exact match {info[name]['greedy']['exact']:.1%}, final answer "
               f"{info[name]['greedy']['answer']:.1%} after {info[name]['steps']} steps "
               f"({info[name]['seconds']:.0f}s); {models[name].num_parameters():,} params, "
               f"{sizes[name] / 1e6:.2f} MB in {out / name}", flush=True)
 
-    if not args.only and out == OUT_DIR.resolve():
+    if len(models) == 2:
         write_readme(out, models, info, sizes)
     print(f"done in {time.perf_counter() - start:.0f}s", flush=True)
 
