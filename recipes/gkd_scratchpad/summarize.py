@@ -29,9 +29,15 @@ METHODS = {
     "seq_kd": ("sequence-level KD (teacher samples, β=0.5)", "method.seq_kd=true method.lmbda=0"),
     "sft_gold": ("SFT on gold completions", "method=sft"),
     "sft_teacher": ("SFT on teacher samples", "method=sft method.completions=teacher"),
+    # run_extra.sh, added after the first results: a β-matched off-policy control, and equal training-loop time
+    "supervised_kd_b05": ("(extra) supervised KD on gold, β=0.5", "method.lmbda=0 method.beta=0.5"),
+    "sft_gold_500steps": ("(extra) SFT on gold, 500 steps", "method=sft train.steps=500"),
+    "supervised_kd_200steps": ("(extra) supervised KD on gold β=0, 200 steps",
+                               "method.lmbda=0 method.beta=0 train.steps=200"),
 }
 ON_POLICY = ["gkd_onpolicy_b0", "gkd_onpolicy_b05", "gkd_onpolicy_b1"]
-BASELINES = ["gkd_mixed", "supervised_kd", "seq_kd", "sft_gold", "sft_teacher"]
+BASELINES = ["gkd_mixed", "supervised_kd", "seq_kd", "sft_gold", "sft_teacher",
+             "supervised_kd_b05", "sft_gold_500steps", "supervised_kd_200steps"]
 
 PATTERNS = {
     "accuracy": r"student accuracy \(held-out exact match\)\s+([\d.]+)% -> ([\d.]+)%",
@@ -55,6 +61,11 @@ def record(log: Path, name: str, seed: int, wall: float, command: str, out: Path
         "teacher_kl_before": float(found["kl"].group(1)), "teacher_kl_after": float(found["kl"].group(2)),
         "tokens_per_s": float(found["tokens_per_s"].group(1).replace(",", "")),
     }
+    loop = re.findall(r"(\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<", text)  # tqdm's elapsed time of the training loop
+    done = [m for m in loop if m[0] == m[1]]
+    if done:
+        hours, minutes, seconds = done[-1][2] or "0", done[-1][3], done[-1][4]
+        row["train_loop_s"] = 3600 * int(hours) + 60 * int(minutes) + int(seconds)
     out.write_text(json.dumps(row, indent=1) + "\n")
     print(json.dumps(row))
 
@@ -76,8 +87,8 @@ def table(results: Path) -> str:
     for path in sorted(results.glob("*.json")):
         row = json.loads(path.read_text())
         runs.setdefault(row["name"], {})[row["seed"]] = row
-    lines = ["| method | overrides | seeds | before | after (mean ± s.e.) | per seed | KL(T‖S) after | wall s/run |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | overrides | seeds | before | after (mean ± s.e.) | per seed | KL(T‖S) after | wall s/run "
+             "| training loop s/run |", "|---|---|---|---|---|---|---|---|---|"]
     stats = {}
     for name, (label, overrides) in METHODS.items():
         if name not in runs:
@@ -89,10 +100,11 @@ def table(results: Path) -> str:
         before = sorted({by_seed[s]["student_accuracy_before"] for s in seeds})
         kl = mean_se([by_seed[s]["teacher_kl_after"] for s in seeds])[0]
         wall = mean_se([by_seed[s]["wall_s"] for s in seeds])
+        loop = mean_se([by_seed[s].get("train_loop_s", float("nan")) for s in seeds])
         lines.append(
             f"| {label} | `{overrides}` | {','.join(map(str, seeds))} | {'/'.join(f'{100 * b:.1f}' for b in before)} "
             f"| **{pct(*stats[name][0])}** | {' / '.join(f'{100 * v:.1f}' for v in after)} "
-            f"| {kl:.4f} | {wall[0]:.0f} ± {wall[1]:.0f} |"
+            f"| {kl:.4f} | {wall[0]:.0f} ± {wall[1]:.0f} | {loop[0]:.0f} ± {loop[1]:.0f} |"
         )
     teacher = sorted({r["teacher_accuracy"] for by_seed in runs.values() for r in by_seed.values()})
     lines += ["", f"Teacher (greedy, same held-out set): {' / '.join(f'{100 * t:.1f}%' for t in teacher)}.", ""]
