@@ -34,10 +34,15 @@ METHODS = {
     "sft_gold_500steps": ("(extra) SFT on gold, 500 steps", "method=sft train.steps=500"),
     "supervised_kd_200steps": ("(extra) supervised KD on gold β=0, 200 steps",
                                "method.lmbda=0 method.beta=0 train.steps=200"),
+    "gkd_onpolicy_b05_500steps": ("(extra) on-policy GKD β=0.5, 500 steps",
+                                  "method.lmbda=1 method.beta=0.5 train.steps=500"),
 }
 ON_POLICY = ["gkd_onpolicy_b0", "gkd_onpolicy_b05", "gkd_onpolicy_b1"]
-BASELINES = ["gkd_mixed", "supervised_kd", "seq_kd", "sft_gold", "sft_teacher",
-             "supervised_kd_b05", "sft_gold_500steps", "supervised_kd_200steps"]
+BASELINES = ["gkd_mixed", "supervised_kd", "seq_kd", "sft_gold", "sft_teacher"]
+# (on-policy, baseline): the predeclared pairs, then the extras' (β-matched, equal training time, equal 500 steps)
+PAIRS = [(a, b) for a in ON_POLICY for b in BASELINES] + [
+    ("gkd_onpolicy_b05", "supervised_kd_b05"), ("gkd_onpolicy_b05", "sft_gold_500steps"),
+    ("gkd_onpolicy_b05", "supervised_kd_200steps"), ("gkd_onpolicy_b05_500steps", "sft_gold_500steps")]
 
 PATTERNS = {
     "accuracy": r"student accuracy \(held-out exact match\)\s+([\d.]+)% -> ([\d.]+)%",
@@ -110,19 +115,18 @@ def table(results: Path) -> str:
     lines += ["", f"Teacher (greedy, same held-out set): {' / '.join(f'{100 * t:.1f}%' for t in teacher)}.", ""]
     lines += ["| on-policy | minus baseline | difference (unpaired s.e.) | in s.e. | paired by seed (s.e.) | in s.e. |",
               "|---|---|---|---|---|---|"]
-    for a in ON_POLICY:
-        for b in BASELINES:
-            if a not in stats or b not in stats:
-                continue
-            (ma, sa), per_a = stats[a]
-            (mb, sb), per_b = stats[b]
-            diff, se = ma - mb, math.sqrt(sa**2 + sb**2)
-            common = sorted(set(per_a) & set(per_b))
-            pd, ps = mean_se([per_a[s] - per_b[s] for s in common])
-            lines.append(
-                f"| {METHODS[a][0]} | {METHODS[b][0]} | {100 * diff:+.1f} ± {100 * se:.1f} | {diff / se:+.1f} "
-                f"| {100 * pd:+.1f} ± {100 * ps:.1f} | {pd / ps if ps else float('nan'):+.1f} |"
-            )
+    for a, b in PAIRS:
+        if a not in stats or b not in stats:
+            continue
+        (ma, sa), per_a = stats[a]
+        (mb, sb), per_b = stats[b]
+        diff, se = ma - mb, math.sqrt(sa**2 + sb**2)
+        common = sorted(set(per_a) & set(per_b))
+        pd, ps = mean_se([per_a[s] - per_b[s] for s in common])
+        lines.append(
+            f"| {METHODS[a][0]} | {METHODS[b][0]} | {100 * diff:+.1f} ± {100 * se:.1f} | {diff / se:+.1f} "
+            f"| {100 * pd:+.1f} ± {100 * ps:.1f} | {pd / ps if ps else float('nan'):+.1f} |"
+        )
     return "\n".join(lines)
 
 
