@@ -34,7 +34,7 @@ def score(folder: Path, eval_set, batch_size: int = 500) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     eos = tokenizer.eos_token_id
     exact = answer = 0
-    first_errors, recovered = [], 0
+    first_errors, recovered, in_answer = [], 0, 0
     for start in range(0, len(eval_set), batch_size):
         chunk = eval_set[start : start + batch_size]
         enc = tokenizer(chunk["prompt"], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -51,10 +51,12 @@ def score(folder: Path, eval_set, batch_size: int = 500) -> dict:
             pairs = enumerate(zip(text, target, strict=False))
             mismatch = next((i for i, (a, b) in pairs if a != b), min(len(text), len(target)))
             first_errors.append(mismatch // 5 + 1)  # 5 characters per column (4 digits and a comma)
+            in_answer += mismatch > target.index("|")  # the scratchpad was right; the read-off answer is not
     n, wrong = len(eval_set), len(first_errors)
     return {"exact": exact / n, "answer": answer / n,
             "first_error_column_mean": sum(first_errors) / wrong if wrong else None,
-            "wrong_but_right_answer": recovered / wrong if wrong else None}
+            "wrong_but_right_answer": recovered / wrong if wrong else None,
+            "first_error_in_answer": in_answer / wrong if wrong else None}
 
 
 def main() -> None:
@@ -73,14 +75,16 @@ def main() -> None:
     by_method: dict[str, list[dict]] = {}
     for name, s in scores.items():
         by_method.setdefault(re.sub(r"_s\d+$", "", name), []).append(s)
-    print("| run | n | exact match | final answer right | first wrong column (mean, wrong ones) | wrong with right answer |")
-    print("|---|---|---|---|---|---|")
+    print("| run | n | exact match | final answer right | first wrong column (mean, wrong ones) "
+          "| wrong ones: scratchpad right, answer wrong | wrong with right answer |")
+    print("|---|---|---|---|---|---|---|")
     for name, rows in by_method.items():
         def mean(key, rows=rows):
             values = [r[key] for r in rows if r[key] is not None]
             return sum(values) / len(values) if values else float("nan")
         print(f"| {name} | {len(rows)} | {100 * mean('exact'):.1f}% | {100 * mean('answer'):.1f}% "
-              f"| {mean('first_error_column_mean'):.2f} | {100 * mean('wrong_but_right_answer'):.1f}% |")
+              f"| {mean('first_error_column_mean'):.2f} | {100 * mean('first_error_in_answer'):.1f}% "
+              f"| {100 * mean('wrong_but_right_answer'):.1f}% |")
 
 
 if __name__ == "__main__":

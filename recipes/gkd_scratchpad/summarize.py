@@ -89,7 +89,7 @@ def pct(mean: float, se: float) -> str:
 
 def table(results: Path) -> str:
     runs: dict[str, dict[int, dict]] = {}
-    for path in sorted(results.glob("*.json")):
+    for path in sorted(results.glob("*_s[0-9]*.json")):  # one per run (not final_answers.json)
         row = json.loads(path.read_text())
         runs.setdefault(row["name"], {})[row["seed"]] = row
     lines = ["| method | overrides | seeds | before | after (mean ± s.e.) | per seed | KL(T‖S) after | wall s/run "
