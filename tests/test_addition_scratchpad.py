@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from distillkit.data.loading import BUILTIN_TASKS, load_examples
 from distillkit.data.long_addition import (
@@ -88,3 +93,16 @@ def test_char_tokenizer_gives_one_token_per_character():
     ids = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
     assert len(ids) == len(row["completion"]) and tokenizer.unk_token_id not in ids
     assert tokenizer.decode(ids) == row["completion"]
+
+
+@pytest.mark.slow
+def test_recipe_runs_with_the_shipped_models(tmp_path):
+    """recipes/gkd_scratchpad as a user runs it (2 steps): the task, the shipped teacher and student, on-policy GKD."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "gkd_scratchpad"
+    done = subprocess.run(
+        [sys.executable, "-m", "distillkit.cli", "--config-dir", str(recipe), "--config-name", "scratchpad",
+         "train.steps=2", "data.num_eval=16", "data.num_train=64", "train.batch_size=4", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "teacher accuracy" in done.stdout and (tmp_path / "final_model" / "model.safetensors").exists()
