@@ -16,6 +16,7 @@ from distillkit.data.hinted_tasks import (
     subtraction_dataset,
     subtraction_lettered_dataset,
 )
+from distillkit.data.long_addition import long_addition_dataset
 from distillkit.errors import ConfigError
 
 BUILTIN_TASKS = {
@@ -24,6 +25,7 @@ BUILTIN_TASKS = {
     "subtraction": subtraction_dataset,
     "maximum": maximum_dataset,
     "subtraction_lettered": subtraction_lettered_dataset,
+    "addition_scratchpad": long_addition_dataset,
 }
 
 
