@@ -18,11 +18,13 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = {"sync": [], "async": ["train.async_generation=true"]}
+RUNS = Path(tempfile.gettempdir()) / "distillkit_async_accuracy"  # checkpoints and final models: not kept
 
 
 def run_one(mode: str, seed: int, args, out: Path) -> dict:
@@ -30,7 +32,7 @@ def run_one(mode: str, seed: int, args, out: Path) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     overrides = [f"train.seed={seed}", f"data.seed={seed}", f"train.steps={args.steps}", "tracking.enabled=false",
-                 f"hydra.run.dir={out / 'runs' / f'{mode}_seed{seed}'}", *MODES[mode]]
+                 f"hydra.run.dir={RUNS / f'{mode}_seed{seed}'}", *MODES[mode]]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "distillkit.cli", *overrides], cwd=REPO_ROOT, env=env,
