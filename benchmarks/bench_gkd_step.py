@@ -222,6 +222,20 @@ def worker_distillkit(args, async_generation: bool = False) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ TRL
+def trl_training_args(args, device) -> dict:
+    """The Trainer arguments both TRL trainers get: distillkit's batch, steps, optimizer, schedule and clip, fp32,
+    no logging, saving or evaluation in the timed loop."""
+    return dict(
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        max_steps=args.warmup + args.steps, num_train_epochs=1,
+        learning_rate=LR, lr_scheduler_type="constant_with_warmup", warmup_steps=0, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=MAX_GRAD_NORM, optim="adamw_torch",
+        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=device.type == "cpu",
+        report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
+        dataloader_num_workers=0, seed=SEED, data_seed=SEED,
+    )
+
+
 def worker_trl(args) -> dict:
     import torch
     import trl
@@ -279,13 +293,7 @@ def worker_trl(args) -> dict:
         output_dir=out_dir,
         lmbda=1.0, beta=args.beta, temperature=args.temperature, max_new_tokens=args.max_completion_length,
         seq_kd=False, disable_dropout=True,
-        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-        max_steps=args.warmup + args.steps, num_train_epochs=1,
-        learning_rate=LR, lr_scheduler_type="constant_with_warmup", warmup_steps=0, weight_decay=0.0,
-        adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=MAX_GRAD_NORM, optim="adamw_torch",
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=device.type == "cpu",
-        report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
-        dataloader_num_workers=0, seed=SEED, data_seed=SEED, remove_unused_columns=False,
+        **trl_training_args(args, device), remove_unused_columns=False,
     )
     timer = step_timer(device, lambda: (trainer.bench_tokens, trainer.bench_generate_s))
     trainer = BenchGKD(model=student, teacher_model=teacher, args=config, train_dataset=dataset,
@@ -333,13 +341,7 @@ def worker_trl_distillation(args) -> dict:
         output_dir=tempfile.mkdtemp(prefix="trl_distill_"),
         beta=args.beta, temperature=args.temperature, max_completion_length=args.max_completion_length,
         top_p=1.0, top_k=0, disable_dropout=True,
-        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-        max_steps=args.warmup + args.steps, num_train_epochs=1,
-        learning_rate=LR, lr_scheduler_type="constant_with_warmup", warmup_steps=0, weight_decay=0.0,
-        adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=MAX_GRAD_NORM, optim="adamw_torch",
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=device.type == "cpu",
-        report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
-        dataloader_num_workers=0, seed=SEED, data_seed=SEED,
+        **trl_training_args(args, device),
     )
     timer = step_timer(device, lambda: (trainer.bench_tokens, 0.0))
     trainer = Counted(model=student, teacher_model=teacher, args=config, train_dataset=dataset,

@@ -31,12 +31,17 @@ def token_logprobs(model, batch, vocab: int, temperature: float) -> torch.Tensor
     return logp.gather(-1, batch.completion_targets()[:, None]).squeeze(-1)
 
 
+def built_with_rows(cfg):
+    """The run's parts and the rows of each of its steps, as the loop samples them (16 prompts a step)."""
+    prepared = prepare(cfg)
+    sampler = StepSampler(len(prepared.train_rows), 16, cfg.data.seed)
+    rows = [[prepared.train_rows[i] for i in sampler.indices(step)] for step in range(cfg.train.steps)]
+    return build(cfg, prepared), rows
+
+
 def test_rollouts_are_one_step_old_and_carry_that_policy_logprobs(compose_cfg):
     cfg = compose_cfg(*ASYNC, "method.temperature=0.8", "train.steps=4")
-    prepared = prepare(cfg)
-    parts = build(cfg, prepared)
-    sampler = StepSampler(len(prepared.train_rows), 16, cfg.data.seed)
-    rows = [[prepared.train_rows[i] for i in sampler.indices(step)] for step in range(4)]
+    parts, rows = built_with_rows(cfg)
     taken, started_from, clock = {}, {}, StepClock()
     take = parts.rollouts.take
 
@@ -64,10 +69,7 @@ def test_rollouts_are_one_step_old_and_carry_that_policy_logprobs(compose_cfg):
 def test_stale_tokens_are_reweighted_by_the_clipped_ratio(compose_cfg):
     """The train/is_ratio_mean the step logs is the mean of min(pi_theta / pi_rollout, clip) over its tokens."""
     cfg = compose_cfg(*ASYNC, "train.steps=3", "train.async_is_clip=1.05")
-    prepared = prepare(cfg)
-    parts = build(cfg, prepared)
-    sampler = StepSampler(len(prepared.train_rows), 16, cfg.data.seed)
-    rows = [[prepared.train_rows[i] for i in sampler.indices(step)] for step in range(3)]
+    parts, rows = built_with_rows(cfg)
     clock = StepClock()
     optimizer_step(parts, rows[0], 0, clock, rows[1])
     micros = parts.rollouts.take(1, rows[1])
