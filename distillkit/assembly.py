@@ -68,6 +68,7 @@ def check_composition(cfg: DictConfig, method: Method, teacher: Teacher) -> Dive
     """Refuse a method x teacher x loss combination that cannot work, before anything loads."""
     divergence = build_object(cfg.loss, beta=method.beta, temperature=method.temperature)
     if divergence.signal not in teacher.signals:
+        teacher.check_request(divergence.teacher_request())  # the teacher's own reason first, if it has one
         raise ConfigError(
             f"teacher={choice(cfg, 'teacher')} cannot give what loss={loss_mode(cfg)} needs ({divergence.signal}): "
             f"it returns only {' / '.join(teacher.signals)} (a server sends top-k and token log-probs, not "
@@ -112,6 +113,8 @@ def prepare(cfg: DictConfig) -> Prepared:
         )
     method.prompts_per_step(cfg.train.batch_size * cfg.train.gradient_accumulation_steps)  # whole groups only
     train_rows, eval_rows = prepare_data(cfg, tokenizer, max_prompt_length, method)
+    teacher.check_rows(train_rows, "training")
+    teacher.check_rows(eval_rows, "evaluation")
     return Prepared(method, teacher, tokenizer, vocab_size, train_rows, eval_rows)
 
 

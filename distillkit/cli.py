@@ -26,7 +26,7 @@ def format_summary(summary) -> str:
     acc, kl = summary.student_accuracy, summary.teacher_kl
     rows = [
         ("student accuracy (held-out exact match)", f"{acc[0]:.1%} -> {acc[-1]:.1%}"),
-        ("teacher accuracy", "n/a (remote)" if summary.teacher_accuracy != summary.teacher_accuracy
+        ("teacher accuracy", "n/a (not sampled in process)" if summary.teacher_accuracy != summary.teacher_accuracy
          else f"{summary.teacher_accuracy:.1%}"),
         ("teacher-student KL(T||S) per token", f"{kl[0]:.4f} -> {kl[-1]:.4f}"),
         ("training tokens/s", f"{summary.tokens_per_s:,.0f}"),

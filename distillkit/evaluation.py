@@ -38,7 +38,7 @@ def teacher_forced_kl(
     for start in range(0, len(scored), batch_size):
         part = scored[start : start + batch_size]
         batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part], pad_id).to(device)
-        theirs = teacher.score(batch, request)  # first: a self-teacher may swap weights and reshard under FSDP
+        theirs = teacher.score(batch, request, part)  # first: a self-teacher may swap weights and reshard under FSDP
         hs = completion_hidden(student.hidden_states(batch.input_ids, batch.attention_mask), batch)
         head = student.lm_head(vocab_size)
         chunk = auto_chunk_size(vocab_size)
@@ -59,13 +59,23 @@ def evaluate(parts: Parts, greedy_student, eval_rows: list[dict]) -> dict[str, f
     was_training = parts.student.training
     parts.student.eval()
     try:
-        return {
-            "eval/accuracy": exact_match(greedy_student, eval_rows),
-            "eval/teacher_kl": teacher_forced_kl(parts.student_parts, parts.teacher, eval_rows,
-                                                 parts.vocab_size, parts.tokenizer.pad_token_id, parts.device),
-        }
+        metrics = {}
+        for suffix, rows in route_groups(eval_rows, parts.teacher.route_column).items():
+            metrics[f"eval/accuracy{suffix}"] = exact_match(greedy_student, rows)
+            metrics[f"eval/teacher_kl{suffix}"] = teacher_forced_kl(
+                parts.student_parts, parts.teacher, rows, parts.vocab_size, parts.tokenizer.pad_token_id, parts.device)
+        return {**metrics, **{f"eval/{key}": value for key, value in parts.teacher.metrics().items()}}
     finally:
         parts.student.train(was_training)
+
+
+def route_groups(rows: list[dict], route_column: str | None) -> dict[str, list[dict]]:
+    """All rows (metric suffix ""), and with routed teachers each teacher's rows too ("/<teacher id>")."""
+    groups = {"": rows}
+    if route_column is not None:
+        for row in rows:
+            groups.setdefault(f"/{row[route_column]}", []).append(row)
+    return groups
 
 
 class Evaluator:

@@ -67,7 +67,7 @@ def optimizer_step(parts: Parts, rows: list[dict], step: int, clock: StepClock,
         "train/on_policy_fraction": sum(m.on_policy for m in micros) / len(micros),
         "completions/mean_length": float(lengths.mean()), "completions/max_length": float(lengths.max()),
         "completions/min_length": float(lengths.min()),
-        **parts.method.metrics(), **parts.rollouts.metrics(), **clock.metrics(),
+        **parts.method.metrics(), **parts.rollouts.metrics(), **parts.teacher.metrics(), **clock.metrics(),
     })
     return metrics
 
@@ -93,7 +93,8 @@ def accumulate_gradients(parts: Parts, micros: list, clock: StepClock | None = N
         if micro.teacher is not None:
             with clock("teacher"):  # GKD's teacher reads the student's own batch: copied once
                 teacher_batch = batch if micro.teacher is micro.student else micro.teacher.to(parts.device)
-                teacher_tokens = parts.teacher.score(teacher_batch, parts.divergence.teacher_request())
+                teacher_tokens = parts.teacher.score(teacher_batch, parts.divergence.teacher_request(),
+                                                     micro.rows)
         with clock("update"), parts.precision.autocast():
             hidden = parts.student_parts.hidden_states(batch.input_ids, batch.attention_mask)
             student_tokens = StudentTokens(

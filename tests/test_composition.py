@@ -84,7 +84,7 @@ def two_steps_learn(cfg, method: str, self_teacher: bool = False) -> None:
     parts = build(cfg, prepared)
     asked = []
     score = parts.teacher.score
-    parts.teacher.score = lambda batch, request: asked.append((batch, request.signal)) or score(batch, request)
+    parts.teacher.score = lambda batch, request, rows=None: asked.append((batch, request.signal)) or score(batch, request, rows)
     before = {n: p.detach().clone() for n, p in parts.student.named_parameters() if p.requires_grad}
     per_step = parts.method.prompts_per_step(cfg.train.batch_size * cfg.train.gradient_accumulation_steps)
     losses = [optimizer_step(parts, prepared.train_rows[step * per_step:(step + 1) * per_step], step, StepClock())[

@@ -223,7 +223,7 @@ def two_steps(cfg, tmp_path) -> None:
     parts = build(cfg, prepared)
     asked = []
     score = parts.teacher.score
-    parts.teacher.score = lambda batch, request: asked.append(request.signal) or score(batch, request)
+    parts.teacher.score = lambda batch, request, rows=None: asked.append(request.signal) or score(batch, request, rows)
     before = {n: p.detach().clone() for n, p in parts.student.named_parameters() if p.requires_grad}
     summary = train(cfg, tmp_path, [], prepared, parts)
     assert summary.steps == 2

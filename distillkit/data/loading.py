@@ -17,6 +17,7 @@ from distillkit.data.hinted_tasks import (
     subtraction_lettered_dataset,
 )
 from distillkit.data.long_addition import long_addition_dataset
+from distillkit.data.routed_arithmetic import arithmetic_routed_dataset
 from distillkit.errors import ConfigError
 
 BUILTIN_TASKS = {
@@ -26,6 +27,7 @@ BUILTIN_TASKS = {
     "maximum": maximum_dataset,
     "subtraction_lettered": subtraction_lettered_dataset,
     "addition_scratchpad": long_addition_dataset,
+    "arithmetic_routed": arithmetic_routed_dataset,
 }
 
 

@@ -4,5 +4,6 @@ from distillkit.teachers.base import BaseTeacher
 from distillkit.teachers.ema import EmaTeacher
 from distillkit.teachers.live import LiveTeacher
 from distillkit.teachers.remote import RemoteTeacher
+from distillkit.teachers.router import RouterTeacher
 
-__all__ = ["BaseTeacher", "EmaTeacher", "LiveTeacher", "RemoteTeacher"]
+__all__ = ["BaseTeacher", "EmaTeacher", "LiveTeacher", "RemoteTeacher", "RouterTeacher"]

@@ -49,7 +49,7 @@ class InProcessTeacher(Teacher):
         self.parts = strategy.decoder_and_head(self.model)
 
     @torch.no_grad()
-    def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:
+    def score(self, batch: SequenceBatch, request: TeacherRequest, rows=None) -> TeacherTokens:
         with self.active(), eval_mode(self.model):
             hidden = completion_hidden(self.parts.hidden_states(batch.input_ids, batch.attention_mask), batch)
             head = self.parts.lm_head(self.vocab_size).detached()

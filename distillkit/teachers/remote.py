@@ -143,7 +143,7 @@ class RemoteTeacher(Teacher):
             )
         return k
 
-    def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:
+    def score(self, batch: SequenceBatch, request: TeacherRequest, rows=None) -> TeacherTokens:
         k = self.check_request(request)
         vocab = self.vocab_size
         sequences, prompt_lengths, keeps = split_rows(batch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ class Teacher(ABC):
     signals: tuple[str, ...] = ("hidden", "topk", "token")
     can_generate: bool = True
     k_max: int | None = None
+    route_column: str | None = None  # a data column naming each row's teacher (teacher=router); evaluation groups by it
 
     def describe(self) -> TeacherDescription:
         return TeacherDescription(self.signals, self.can_generate, self.k_max)
@@ -51,13 +52,18 @@ class Teacher(ABC):
         """Refuse at start-up a request this teacher cannot answer beyond its `signals` (which
         `runner.check_composition` already compares with the loss's): a server's top-k limit."""
 
+    def check_rows(self, rows: Sequence[Mapping], where: str) -> None:
+        """Refuse at start-up data rows this teacher cannot score (the router: a row naming no configured teacher)."""
+
     @abstractmethod
     def setup(self, device: torch.device, vocab_size: int, student: torch.nn.Module | None) -> None:
         """Load or bind the teacher's weights (before the student is sharded)."""
 
     @abstractmethod
-    def score(self, batch: SequenceBatch, request: TeacherRequest) -> TeacherTokens:
-        """The teacher's view of the batch's completion tokens."""
+    def score(self, batch: SequenceBatch, request: TeacherRequest,
+              rows: Sequence[Mapping] | None = None) -> TeacherTokens:
+        """The teacher's view of the batch's completion tokens. `rows` are the data set rows of the batch's
+        sequences, for a teacher that picks by row (the router); the others ignore them."""
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -69,6 +75,10 @@ class Teacher(ABC):
 
     def after_optimizer_step(self, step: int) -> None:
         """Called after every optimizer step (step counts from 1); a frozen teacher does nothing."""
+
+    def metrics(self) -> dict[str, float]:
+        """Metrics since the last call, logged with the step's (the router's per-teacher counts)."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}
