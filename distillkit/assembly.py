@@ -74,7 +74,15 @@ def check_composition(cfg: DictConfig, method: Method, teacher: Teacher) -> Dive
             f"it returns only {' / '.join(teacher.signals)} (a server sends top-k and token log-probs, not "
             "hidden states or full logits). Use loss=topk or loss=sampled."
         )
-    method.check_teacher(teacher.describe(), choice(cfg, "teacher"))
+    description = teacher.describe()
+    if method.scores_student_samples() and not description.scores_unseen:
+        raise ConfigError(
+            f"teacher={choice(cfg, 'teacher')} answers only for the sequences it recorded, but method="
+            f"{choice(cfg, 'method')} asks the teacher about the student's own rollouts. Train off-policy "
+            "(method=gkd method.lmbda=0), or set teacher.fallback={kind: live, model: TEACHER} (or kind: remote) to "
+            "score them."
+        )
+    method.check_teacher(description, choice(cfg, "teacher"))
     return divergence
 
 

@@ -22,6 +22,16 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("dk.abspath", lambda path: os.path.abspath(path))
 
 
+def compose_config(overrides=(), config_dir: Path = CONF_DIR, config_name: str = "config") -> DictConfig:
+    """`config_name` in `config_dir` with command-line `overrides`, composed as the `distillkit` command does (for
+    the subcommands that read a training run's config, and the tests)."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
 def format_summary(summary) -> str:
     acc, kl = summary.student_accuracy, summary.teacher_kl
     rows = [
@@ -67,7 +77,7 @@ def train(cfg: DictConfig) -> float:
 register_resolvers()  # at import: a submitit job unpickles `train` and composes its config in a fresh process
 register_schema()  # the same: conf/config.yaml's defaults name the typed schema
 
-SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server", "compare": "distillkit.compare",
+SUBCOMMANDS = {"serve-teacher": "distillkit.serve.server", "cache-teacher": "distillkit.cache.record", "compare": "distillkit.compare",
                "fetch-model": "distillkit.real_models", "make-student": "distillkit.make_student"}
 
 

@@ -107,7 +107,7 @@ def test_each_teachers_vocabulary_is_checked(compose):
 @pytest.mark.parametrize(("override", "message"), [
     (["loss=full"], "each teacher has its own LM head"),
     (["method.seq_kd=true", "method.lmbda=0"], "seq_kd=true needs a teacher that generates"),
-    (["+teacher.teachers.code={kind: ema}"], "a routed teacher is one of live, remote, cache"),
+    (["+teacher.teachers.code={kind: ema}"], "a teacher named here is one of live, remote, cache"),
     (["+teacher.teachers.sub.temprature=2"], "not settings of teacher=live"),
 ])
 def test_what_a_router_cannot_do_is_refused(compose, override, message):

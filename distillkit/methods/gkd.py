@@ -34,6 +34,9 @@ class GKD(Method):
                 "scores. Set method.seq_kd=false, or use teacher=live with teacher.model."
             )
 
+    def scores_student_samples(self) -> bool:
+        return self.lmbda > 0
+
     def check_async_rollouts(self, method_choice: str) -> None:
         """Only the student samples ahead: teacher samples (seq_kd) would need a copy of the teacher too."""
         if self.seq_kd and self.lmbda < 1:

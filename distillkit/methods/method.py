@@ -45,6 +45,10 @@ class Method(ABC):
     def check_teacher(self, teacher: TeacherDescription, teacher_choice: str) -> None:
         """Refuse, before anything loads, a teacher this method's settings cannot work with."""
 
+    def scores_student_samples(self) -> bool:
+        """Whether the teacher is asked about the student's own rollouts (sequences no one could score ahead)."""
+        return True
+
     def check_async_rollouts(self, method_choice: str) -> None:
         """Refuse `train.async_generation`, before anything loads, where this method's rollouts cannot be sampled a
         step ahead from a copy of the student (state carried between steps, a teacher that samples)."""

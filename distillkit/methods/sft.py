@@ -50,6 +50,9 @@ class SFT(Method):
     def needs_dataset_completions(self) -> bool:
         return self.completions == "dataset"
 
+    def scores_student_samples(self) -> bool:
+        return False  # the teacher is asked only in evaluation, about the held-out completions
+
     def check_teacher(self, teacher: TeacherDescription, teacher_choice: str) -> None:
         if self.completions == "teacher" and not teacher.can_generate:
             raise ConfigError(

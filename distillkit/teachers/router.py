@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -22,31 +21,8 @@ from distillkit.errors import ConfigError
 from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.strategies import DataParallel, Strategy
 from distillkit.teachers.in_process import InProcessTeacher
+from distillkit.teachers.members import member_config, member_identity
 from distillkit.teachers.teacher import Teacher
-
-CONF_TEACHERS = Path(__file__).resolve().parents[2] / "conf" / "teacher"
-MEMBER_KINDS = ("live", "remote", "cache")
-SOURCE_KEYS = {"live": "model", "remote": "url", "cache": "path"}
-
-
-def member_config(teacher_id: str, entry: Mapping) -> dict:
-    """The entry's settings over its kind's defaults (conf/teacher/<kind>.yaml), resolved."""
-    entry = dict(entry)
-    kind = entry.pop("kind", None)
-    if kind not in MEMBER_KINDS:
-        raise ConfigError(f"teacher.teachers.{teacher_id}.kind={kind!r}: a routed teacher is one of "
-                          f"{', '.join(MEMBER_KINDS)}, e.g. teacher.teachers.{teacher_id}={{kind: live, model: PATH}}.")
-    defaults = OmegaConf.load(CONF_TEACHERS / f"{kind}.yaml")
-    unknown = set(entry) - set(defaults)
-    if unknown:
-        raise ConfigError(f"teacher.teachers.{teacher_id}: {sorted(unknown)} are not settings of teacher={kind}.")
-    return {"kind": kind, **OmegaConf.to_container(OmegaConf.merge(defaults, entry), resolve=True)}
-
-
-def member_identity(config: dict) -> dict:
-    """What a checkpoint records of a routed teacher: its kind, where its scores come from, and its dtype."""
-    kind = config["kind"]
-    return {"kind": kind, "source": str(config.get(SOURCE_KEYS[kind])), "dtype": str(config.get("dtype", ""))}
 
 
 class RouterTeacher(Teacher):

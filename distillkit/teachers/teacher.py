@@ -25,6 +25,7 @@ class TeacherDescription:
     signals: tuple[str, ...]  # the TeacherRequest signals it answers: hidden, topk, token
     can_generate: bool  # its weights can sample in this process (seq_kd, the teacher's own accuracy)
     k_max: int | None  # the largest top-k it returns; None: no limit
+    scores_unseen: bool = True  # it can score any sequence, the student's fresh rollouts too (a cache: only its own)
 
 
 class Teacher(ABC):
