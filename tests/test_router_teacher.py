@@ -4,13 +4,16 @@ addition (`tiny/teacher`) and subtraction (`tiny/teacher_sub`) and the tiny stud
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from configs import compose_config
+from test_serve import start_server, stop_server
 from transformers import AutoModelForCausalLM
 
 from distillkit.batch import collate
+from distillkit.cache.record import main as cache_teacher
 from distillkit.checkpoint import latest_checkpoint, load_checkpoint
 from distillkit.cli import ASSETS_DIR
 from distillkit.errors import ConfigError
@@ -66,6 +69,36 @@ def test_each_row_is_scored_by_its_teacher(compose):
         torch.testing.assert_close(got.token_logprobs[start : start + n].double(), actual, atol=2e-5, rtol=1e-5)
         start += n
     assert start == got.token_logprobs.shape[0]
+
+
+def test_the_routed_teachers_may_be_a_cache_and_a_server(compose, tmp_path):
+    """`add` from a recording of the addition teacher, `sub` from `distillkit serve-teacher` serving the other."""
+    shutil.copytree(SUB, tmp_path / "sub")
+    proc, url, log = start_server(tmp_path / "sub", "--max-k", "16")
+    try:
+        data = ["data.train=arithmetic_routed", "data.eval=arithmetic_routed", "data.num_train=64", "data.num_eval=32"]
+        assert cache_teacher([str(tmp_path / "cache"), f"teacher.model={ADD}", f"model.student={STUDENT}", *data,
+                              "loss=topk", "loss.k=4"]) == 0
+        cfg = routed(compose, "method.lmbda=0", "~teacher.teachers.add", "~teacher.teachers.sub",
+                     f"+teacher.teachers.add={{kind: cache, path: {tmp_path / 'cache'}}}",
+                     f"+teacher.teachers.sub={{kind: remote, url: '{url}', retries: 0}}")
+        prepared = prepare(cfg)
+        parts = build(cfg, prepared)
+        rows = prepared.eval_rows[:12]
+        batch = collate([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows], 0)
+        got = parts.teacher.score(batch, TeacherRequest("topk", 1.0, k=4), rows)
+        start = 0
+        for row in rows:
+            ref = float64_reference(ADD if row["teacher_id"] == "add" else SUB, [row["prompt_ids"]],
+                                    [row["completion_ids"]], 0, 1.0)[0]
+            n = len(row["completion_ids"])
+            values, ids = ref.topk(4, -1)
+            torch.testing.assert_close(got.topk_logprobs[start : start + n].double(), values, atol=5e-5, rtol=1e-5)
+            assert torch.equal(got.topk_ids[start : start + n].long(), ids)
+            start += n
+        assert parts.teacher.state_dict()["teachers"]["sub"] == {"kind": "remote", "source": url, "dtype": ""}
+    finally:
+        stop_server(proc, log)
 
 
 def test_step_logs_each_teachers_tokens(compose):
