@@ -277,6 +277,36 @@ def test_async_generation_overlaps_with_the_step(server_cfg, tmp_path):
         prepare(server_cfg("train.async_generation=true", "generation.sync_every=2"))
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_nccl_weight_source_declares_what_it_sends(tiny_pair, lora):
+    """The NCCL path itself needs two GPUs (benchmarks/gpu_check.py --only vllm_server); its contract with vLLM's
+    engine is checked here: `metadata()` names, dtypes and shapes exactly what iteration sends (vLLM sizes its
+    receive buffers from it), in vLLM's names, with the LoRA adapters merged in."""
+    from transformers import AutoModelForCausalLM
+
+    from distillkit.generation.nccl_push import StudentWeights
+    from distillkit.models import apply_lora
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair[0])
+    plain = {name: t.clone() for name, t in model.state_dict().items()}
+    if lora:
+        model = apply_lora(model, {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"})
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_()  # a trained adapter: the merged weights differ from the base ones
+    source = StudentWeights(model)
+    sent = list(source)
+    assert [(m.name, m.dtype, m.shape) for m in source.metadata()] == [(n, t.dtype, tuple(t.shape)) for n, t in sent]
+    assert [n for n, _ in sent] == list(plain)
+    changed = [n for n, t in sent if not torch.equal(t, plain[n])]
+    assert bool(changed) == lora and all("proj" in n for n in changed)
+    if lora:
+        merged = model.merge_and_unload()
+        for name, tensor in sent:
+            torch.testing.assert_close(tensor, merged.state_dict()[name])
+
+
 def test_end_to_end_run(server_cfg, tmp_path):
     cfg = server_cfg("method=sdpo", "data.train=addition_hinted", "method.num_generations=4", "train.steps=2",
                      "tracking.enabled=false", "train.eval_every=0", "data.num_eval=8")
