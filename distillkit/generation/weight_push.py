@@ -24,10 +24,17 @@ from distillkit.generation.vllm import merged_weights
 WEIGHTS_FILE = "model.safetensors"
 
 
-def cpu_copies(weights: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """A separate CPU tensor per name, tied ones included: safetensors refuses tensors that share memory, and vLLM's
-    in-place reload needs the LM head of a tied model too (without it, it keeps the old head)."""
-    return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in weights}
+def cpu_tensors(weights: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One CPU tensor per name, tied ones included: vLLM's in-place reload needs the LM head of a tied model too
+    (without it, it kept the old head), and safetensors refuses two names on one storage, so a repeat is copied."""
+    seen, out = set(), {}
+    for name, tensor in weights:
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        out[name] = tensor
+    return out
 
 
 class CheckpointPush:
@@ -41,7 +48,7 @@ class CheckpointPush:
 
     def push(self, model: torch.nn.Module) -> None:
         partial = self.folder / (WEIGHTS_FILE + ".partial")  # not *.safetensors: never read half-written
-        save_file(cpu_copies(merged_weights(model)), str(partial))
+        save_file(cpu_tensors(merged_weights(model)), str(partial))
         os.replace(partial, self.folder / WEIGHTS_FILE)
         body = {"method": "reload_weights", "kwargs": {"weights_path": str(self.folder.resolve())}}
         with ThreadPoolExecutor(len(self.servers)) as pool:
