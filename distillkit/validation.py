@@ -20,10 +20,10 @@ SUFFIXES = {"method": "", "teacher": "Teacher", "loss": "Divergence", "generatio
 
 
 def choice(cfg: DictConfig, group: str) -> str:
-    """The short name of a group's choice, from its class: `FullDivergence` -> `full`, `HFGenerator` -> `hf`,
-    `VLLMServerGenerator` -> `vllm_server` (the config file's name)."""
+    """The short name of a group's choice, from its class: `FullDivergence` -> `full`, `TopKDivergence` -> `topk`,
+    `HFGenerator` -> `hf`; an acronym before a word is one word: `VLLMServerGenerator` -> `vllm_server`."""
     name = cfg[group]._target_.rsplit(".", 1)[-1].removesuffix(SUFFIXES[group])
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+    return re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 def loss_mode(cfg: DictConfig) -> str:

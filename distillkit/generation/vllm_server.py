@@ -24,7 +24,7 @@ import torch
 from distillkit.errors import ConfigError
 from distillkit.generation.generator import Generator
 from distillkit.generation.hf import cut_at_eos, end_token_ids
-from distillkit.generation.rollout_server import RolloutServer, RolloutServerError
+from distillkit.generation.rollout_server import RESTART_HINT, RolloutServer, RolloutServerError
 from distillkit.generation.weight_push import CheckpointPush
 
 WEIGHT_TRANSFERS = ("auto", "nccl", "checkpoint")
@@ -153,19 +153,23 @@ class VLLMServerGenerator(Generator):
         """Pause every server, move the weights, drop the prefix cache (KV blocks of the old weights), resume."""
         for server in self.servers:
             server.post("/pause", params={"mode": "wait"})
-        failed = True
         try:
             try:
                 self.transfer.push(self.model)
             except requests.RequestException as err:  # vLLM's own HTTP client, in the NCCL round trip
-                raise RolloutServerError(f"the weight push to the rollout servers failed: {err}") from err
-            failed = False
-        finally:
-            for server in self.servers:
-                with contextlib.suppress(RolloutServerError) if failed else contextlib.nullcontext():
-                    server.post("/reset_prefix_cache")
-                    server.post("/resume")
+                raise RolloutServerError(f"the weight push to the rollout servers failed: {err}. "
+                                         f"{RESTART_HINT}") from err
+        except BaseException:
+            with contextlib.suppress(RolloutServerError):  # the push's error is the one to report
+                self.resume_servers()
+            raise
+        self.resume_servers()
         self.stale = False
+
+    def resume_servers(self) -> None:
+        for server in self.servers:
+            server.post("/reset_prefix_cache")
+            server.post("/resume")
 
     def sync(self, model: torch.nn.Module, force: bool = False) -> None:
         """After an optimizer step: every `sync_every` of them (or now, if forced) the servers' weights are stale,
