@@ -240,34 +240,6 @@ def test_start_up_refusals_come_before_any_weights_load(server_cfg, compose_cfg,
         prepare(compose_cfg("generation=vllm_server"))
 
 
-def test_a_server_without_dev_mode_is_refused(tmp_path):
-    """A plain HTTP server that answers /health and /v1/models but has no weight routes (as vLLM without
-    VLLM_SERVER_DEV_MODE): the refusal names the variable."""
-    import http.server
-    import json
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            body = {"/health": {}, "/v1/models": {"data": [{"id": "m", "max_model_len": 64}]}}.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.end_headers()
-            self.wfile.write(json.dumps(body or {}).encode())
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        from distillkit.generation.rollout_server import RolloutServer
-
-        with pytest.raises(ConfigError, match="VLLM_SERVER_DEV_MODE=1"):
-            RolloutServer(f"http://127.0.0.1:{httpd.server_address[1]}").connect()
-    finally:
-        httpd.shutdown()
-
-
 def test_async_generation_overlaps_with_the_step(server_cfg, tmp_path):
     """Step t+1's rollouts are requested while step t trains, from the server holding step t's starting weights;
     the copy of the student that holds them gives the rollout log-probs of the importance ratio."""

@@ -15,6 +15,7 @@ or a checkpoint folder the servers reload), resets its prefix cache and resumes 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +29,8 @@ from distillkit.generation.rollout_server import RESTART_HINT, RolloutServer, Ro
 from distillkit.generation.weight_push import CheckpointPush
 
 WEIGHT_TRANSFERS = ("auto", "nccl", "checkpoint")
+NCCL_NEEDS_VLLM = ("generation.weight_transfer=nccl runs vLLM's NCCL weight-transfer engine in the training process "
+                   "too, and vLLM is not installed here: pip install \"distillkit[vllm]\".")
 
 
 def transfer_backend(weight_transfer: str, on_cuda: bool) -> str:
@@ -63,7 +66,8 @@ def check_rollout_servers(gen_cfg, on_cuda: bool) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("generation=vllm_server runs in one training process for now (every process would push "
                           "the weights). Launch one process, or use generation=hf.")
-    transfer_backend(gen_cfg.weight_transfer, on_cuda)
+    if transfer_backend(gen_cfg.weight_transfer, on_cuda) == "nccl" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(NCCL_NEEDS_VLLM)
     for url in urls:
         server = RolloutServer(url, connect_timeout=gen_cfg.connect_timeout)
         try:
@@ -73,6 +77,8 @@ def check_rollout_servers(gen_cfg, on_cuda: bool) -> None:
 
 
 class VLLMServerGenerator(Generator):
+    """Samples on the servers of `urls`; holds no weights of its own, only the module it pushes from."""
+
     def __init__(
         self,
         urls: list[str],
@@ -133,8 +139,7 @@ class VLLMServerGenerator(Generator):
         try:
             from distillkit.generation.nccl_push import NCCLPush
         except ImportError as err:
-            raise ConfigError("generation.weight_transfer=nccl uses vLLM's weight-transfer engine in the training "
-                              "process: pip install \"distillkit[vllm]\" there.") from err
+            raise ConfigError(NCCL_NEEDS_VLLM) from err
         try:
             return NCCLPush(self.servers, self.model, self.nccl_master_address, self.timeout)
         except (requests.RequestException, RuntimeError) as err:
