@@ -1,7 +1,7 @@
 """GPU-only checks of distillkit, all in one run: `bash benchmarks/gpu_check.sh` on a lent GPU machine.
 
     python benchmarks/gpu_check.py                      # every check
-    python benchmarks/gpu_check.py --only liger,mp      # some of them (liger, mp, vllm, trl)
+    python benchmarks/gpu_check.py --only liger,mp      # some of them (liger, mp, vllm, vllm_server, trl)
     python benchmarks/gpu_check.py --skip vllm
 
 Checks (each in its own process, with its own time limit inside one overall budget):
@@ -18,6 +18,11 @@ Checks (each in its own process, with its own time limit inside one overall budg
          HF generate agree before and after an optimizer step (the weight sync), the step changed the greedy
          output (so the sync is tested, not assumed), and putting the engine to sleep releases at least half of
          its GPU share (gpu_memory_utilization x the card's memory); a generate after sleeping still agrees.
+  vllm_server  generation=vllm_server with generation.weight_transfer=nccl: a vLLM server on GPU 1 (started here with
+         VLLM_SERVER_DEV_MODE=1 and --weight-transfer-config '{"backend": "nccl"}'), the student training on GPU 0.
+         vLLM's NCCL backend sets up the group (/init_weight_transfer_engine) and pushes the weights; greedy
+         completions of the server and of HF agree before and after an optimizer step, and the step changed HF's
+         greedy output. The push time is reported. Needs 2 GPUs (NCCL cannot put both ends on one GPU) and vLLM.
   trl    distillkit's optimizer_step against TRL's stable DistillationTrainer, same models, prompts, batch (16),
          completion length (128), fp32, beta 0.5, on-policy: step time, completion tokens/s and peak memory of
          both, each in its own process. Asserted: both ran and their first-step losses are within 25 % of each
@@ -57,9 +62,9 @@ for _p in (REPO_ROOT, BENCH_DIR):
 
 from bench_gkd_step import sync  # noqa: E402  (one host-device sync helper for every benchmark)
 
-CHECKS = ("liger", "mp", "vllm", "trl")
+CHECKS = ("liger", "mp", "vllm", "vllm_server", "trl")
 # Seconds each check may run (model building included); the overall --budget caps them further.
-TIMEOUTS = {"liger": 120, "mp": 180, "vllm": 240, "trl": 240}
+TIMEOUTS = {"liger": 120, "mp": 180, "vllm": 240, "vllm_server": 300, "trl": 240}
 REPORT_RESERVE_S = 10  # kept back from the budget to write the report
 PASS, FAIL, ERROR, UNAVAILABLE = "pass", "fail", "error", "unavailable"
 NEEDS_CUDA = "needs a CUDA GPU"
@@ -587,6 +592,108 @@ def check_vllm(opts, result: Result) -> None:
     gen.close()
 
 
+# ------------------------------------------------------------------------------------------ check: vllm_server
+def start_vllm_server(model_dir: Path, port: int, gpu: int, log: Path) -> subprocess.Popen:
+    """A vLLM OpenAI server on one GPU with the weight routes and the NCCL weight-transfer engine. In this
+    check's process group, so a check killed at its time limit takes the server with it."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "VLLM_SERVER_DEV_MODE": "1"}
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
+               "--enforce-eager", "--gpu-memory-utilization", "0.3",
+               "--weight-transfer-config", json.dumps({"backend": "nccl"})]
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path, limit: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = " | ".join(log.read_text().splitlines()[-5:])
+            raise RuntimeError(f"the vLLM server exited with code {proc.returncode}: {tail}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the vLLM server at {url} was not healthy after {limit:.0f} s (log: {log})")
+
+
+def check_vllm_server(opts, result: Result) -> None:
+    import socket
+
+    import torch
+
+    device = device_for(opts)
+    if device.type != "cuda":
+        raise RuntimeError(f"{NEEDS_CUDA}: NCCL weight transfer is GPU only (this check has no CPU smoke form).")
+    need("vllm", "pip install 'distillkit[vllm]' (vLLM's NCCL weight-transfer engine runs in the trainer too).")
+    if torch.cuda.device_count() < 2:
+        raise Unavailable(f"needs 2 GPUs, this machine has {torch.cuda.device_count()}: NCCL refuses a group with "
+                          "two ranks on one GPU, and the server and the trainer are one rank each.")
+    from distillkit.generation import HFGenerator, VLLMServerGenerator
+    from distillkit.runner import StepClock, StepSampler, build, optimizer_step, prepare
+
+    model_dir = models(opts, device)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url, log = f"http://127.0.0.1:{port}", Path(opts.work) / "vllm_server.log"
+    t0 = time.perf_counter()
+    server = start_vllm_server(model_dir / "student", port, gpu=1, log=log)
+    try:
+        wait_healthy(server, url, log, limit=150)
+        result.metrics["server start seconds"] = time.perf_counter() - t0
+        new_tokens = 32
+        cfg = compose([
+            f"model.student={model_dir / 'student'}", f"teacher.model={model_dir / 'teacher'}",
+            "tracking.enabled=false", "device=cuda", "model.dtype=float32", "teacher.dtype=float32",
+            "generation=vllm_server", f"generation.urls=[{url}]", "generation.weight_transfer=nccl",
+            "generation.nccl_master_address=127.0.0.1", "method.lmbda=1.0", "method.beta=0.5", "train.steps=2",
+            "train.batch_size=8", "train.gradient_accumulation_steps=1", f"train.max_completion_length={new_tokens}",
+            "train.lr=1e-3", "train.lr_scheduler=constant", "train.warmup_steps=0", "train.seed=0",
+            "data.num_train=64", "data.num_eval=8",
+        ])
+        prepared = prepare(cfg)
+        t0 = time.perf_counter()
+        parts = build(cfg, prepared)  # the NCCL group is set up and the first push made here
+        result.metrics["build seconds (models + NCCL group + first push)"] = time.perf_counter() - t0
+        gen = parts.generator
+        if not isinstance(gen, VLLMServerGenerator):
+            raise RuntimeError(f"generation=vllm_server built a {type(gen).__name__}, not a VLLMServerGenerator")
+        hf = HFGenerator(max_completion_length=new_tokens).bind(parts.student, parts.tokenizer)
+        prompts = [r["prompt_ids"] for r in prepared.eval_rows[:8]]
+        hf_before, served_before = hf.generate(prompts, greedy=True), gen.generate(prompts, greedy=True)
+        rows = prepared.train_rows
+        sampler = StepSampler(len(rows), cfg.train.batch_size, cfg.data.seed)
+        metrics = optimizer_step(parts, [rows[i] for i in sampler.indices(0)], 0, StepClock())
+        result.metrics["step loss"] = float(metrics["train/loss"])
+        sync(device)
+        t0 = time.perf_counter()
+        gen.push_weights()  # the step marked the weights stale; this is the push the next generate would make
+        sync(device)
+        result.metrics["NCCL push seconds (pause, send_weights, reset prefix cache, resume)"] = (
+            time.perf_counter() - t0)
+        hf_after, served_after = hf.generate(prompts, greedy=True), gen.generate(prompts, greedy=True)
+        result.expect("greedy parity before the step (fraction of prompts identical)",
+                      same_fraction(served_before, hf_before), VLLM_MIN_MATCH, ">=")
+        result.expect("the step changed HF's greedy output (fraction of prompts)",
+                      1 - same_fraction(hf_after, hf_before), VLLM_MIN_CHANGED, ">=")
+        result.expect("greedy parity after the step and the NCCL push (fraction of prompts identical)",
+                      same_fraction(served_after, hf_after), VLLM_MIN_MATCH, ">=")
+        result.metrics["server after == HF before (a stale server would give 1)"] = same_fraction(served_after,
+                                                                                                  hf_before)
+        gen.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 # ------------------------------------------------------------------------------------------ check: trl
 def check_trl(opts, result: Result) -> None:
     device = device_for(opts)
@@ -633,7 +740,8 @@ def run_worker(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ driver
-CHECK_FUNCTIONS = {"liger": check_liger, "mp": check_mp, "vllm": check_vllm, "trl": check_trl}
+CHECK_FUNCTIONS = {"liger": check_liger, "mp": check_mp, "vllm": check_vllm, "vllm_server": check_vllm_server,
+                   "trl": check_trl}
 
 
 def run_check_here(name: str, opts) -> Result:

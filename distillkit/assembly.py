@@ -18,6 +18,7 @@ from distillkit.data.loading import load_split, require_columns, tokenize
 from distillkit.distributed import ProcessInfo
 from distillkit.generation import Generator, HFGenerator
 from distillkit.generation.vllm import check_servable
+from distillkit.generation.vllm_server import check_rollout_servers
 from distillkit.lm_head import check_head_matches_model
 from distillkit.losses.base import Divergence
 from distillkit.methods.method import Method
@@ -110,6 +111,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     student_config = load_model_config(cfg.model.student, cfg.model.trust_remote_code)
     if choice(cfg, "generation") == "vllm":
         check_servable(student_config, on_cuda=resolve_device(cfg.device).type == "cuda")
+    if choice(cfg, "generation") == "vllm_server":  # every server answers, before the student loads
+        check_rollout_servers(cfg.generation, on_cuda=resolve_device(cfg.device).type == "cuda")
     teacher.check_request(request)
     vocab_size = teacher.shared_vocab_size(tokenizer, student_config)  # a server is asked; a model's config read
     contexts = [c for c in (teacher.context_length, context_length(student_config)) if c]
@@ -211,7 +214,7 @@ def make_rollouts(cfg: DictConfig, method: Method, generator: Generator, teacher
     if not cfg.train.get("async_generation", False):
         return Rollouts(method, context)
     seed = (cfg.train.seed + 1_000_003 * process.rank) * 1_000_033
-    return AsyncRollouts.around(student, instantiate(cfg.generation), method, context, vocab_size, precision, seed,
+    return AsyncRollouts.around(student, generator, method, context, vocab_size, precision, seed,
                                 cfg.train.async_generation_threads, cfg.train.async_is_clip)
 
 

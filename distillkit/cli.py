@@ -53,6 +53,7 @@ def train(cfg: DictConfig) -> float:
     """The Hydra task. Returns the final held-out accuracy: the objective a sweeper (Optuna) maximizes."""
     from hydra.core.hydra_config import HydraConfig
 
+    from distillkit.generation.rollout_server import RolloutServerError
     from distillkit.runner import run
     from distillkit.serve.client import TeacherError
     from distillkit.sweep import current_sweep_job
@@ -65,7 +66,7 @@ def train(cfg: DictConfig) -> float:
     except ConfigError as err:
         print(f"distillkit: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except TeacherError as err:
+    except (TeacherError, RolloutServerError) as err:
         print(f"distillkit: error: {err}\nA checkpoint was written; rerun the same command to resume.",
               file=sys.stderr)
         sys.exit(3)

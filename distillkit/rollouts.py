@@ -8,12 +8,18 @@ The rollout policy's log-probs of the sampled tokens (a no-grad forward of the c
 into the clipped importance ratio min(pi_theta / pi_rollout, `train.async_is_clip`) that already reweights reused
 rollouts. Each step's sampling is seeded from (seed, process, step), so a resumed run samples what the
 uninterrupted one did; the rollouts prepared for the next step are part of the checkpoint.
+
+With `generation=vllm_server` the copy's generator is the rollout servers: they take the copy's weights when it
+takes the student's (pushed before the next request, from the background thread), so the copy's log-probs are
+still those of the policy that sampled. A failure in the background (a dead server) is raised by the step that
+takes those rollouts, before its update, so the runner checkpoints that step as it was.
 """
 
 from __future__ import annotations
 
 import copy
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 
 import torch
 
@@ -98,18 +104,25 @@ class AsyncRollouts(Rollouts):
         self.ready[step] = (self.version, self.executor.submit(self.build, step, rows))
 
     def after_update(self, student: torch.nn.Module) -> None:
-        self.resume_from(student)
+        self.take_weights(student)
+        self.context.generator.sync(self.model)  # a separate sampler (rollout servers) takes them too
         self.version += 1
 
     def resume_from(self, student: torch.nn.Module) -> None:
+        self.take_weights(student)
+        self.context.generator.sync(self.model, force=True)
+
+    def take_weights(self, student: torch.nn.Module) -> None:
         self.wait()  # the copy is not read while it changes
         with torch.no_grad():
             for mine, theirs in zip(self.model.parameters(), student.parameters(), strict=True):
                 mine.copy_(theirs)
 
     def wait(self) -> None:
+        """Until nothing samples in the background. A sampling that failed keeps its error for `take`."""
+        wait_for([micros for _, micros in self.ready.values() if isinstance(micros, Future)])
         for step, (version, micros) in list(self.ready.items()):
-            if isinstance(micros, Future):
+            if isinstance(micros, Future) and micros.exception() is None:
                 self.ready[step] = (version, micros.result())
 
     @torch.no_grad()
@@ -137,7 +150,7 @@ class AsyncRollouts(Rollouts):
 
     def state_dict(self, next_step: int) -> dict:
         self.wait()
-        if next_step in self.ready:
+        if next_step in self.ready and not isinstance(self.ready[next_step][1], Future):  # not a failed sampling
             version, micros = self.ready[next_step]
         elif self.taken[0] == next_step:  # a failed step, redone on resume
             _, version, micros = self.taken

@@ -26,6 +26,7 @@ from distillkit.checkpoint import set_rng_state
 from distillkit.checkpointer import Checkpointer, check_same_strategy, own_share
 from distillkit.distributed import all_reduce_sum, barrier, init_distributed, same_on_every_process
 from distillkit.evaluation import Evaluator, evaluate
+from distillkit.generation.rollout_server import RolloutServerError
 from distillkit.preemption import PreemptionGuard
 from distillkit.serve.client import TeacherError
 from distillkit.step import StepClock, accumulate_gradients, optimizer_step
@@ -125,7 +126,7 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
         try:
             metrics = optimizer_step(parts, rows.at(step), step, clock,
                                      rows.at(step + 1) if step + 1 < steps else None)
-        except TeacherError:  # saved as it was before this step, so a resume redoes the step exactly
+        except (TeacherError, RolloutServerError):  # saved as it was before this step: a resume redoes it exactly
             parts.optimizer.zero_grad(set_to_none=True)
             checkpointer.save(step, summary, before)
             tracker.end(status="FAILED")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, open_dict
@@ -18,9 +20,10 @@ SUFFIXES = {"method": "", "teacher": "Teacher", "loss": "Divergence", "generatio
 
 
 def choice(cfg: DictConfig, group: str) -> str:
-    """The short name of a group's choice, from its class: `FullDivergence` -> `full`, `HFGenerator` -> `hf`."""
-    name = cfg[group]._target_.rsplit(".", 1)[-1]
-    return name.removesuffix(SUFFIXES[group]).lower()
+    """The short name of a group's choice, from its class: `FullDivergence` -> `full`, `TopKDivergence` -> `topk`,
+    `HFGenerator` -> `hf`; an acronym before a word is one word: `VLLMServerGenerator` -> `vllm_server`."""
+    name = cfg[group]._target_.rsplit(".", 1)[-1].removesuffix(SUFFIXES[group])
+    return re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 def loss_mode(cfg: DictConfig) -> str:
@@ -80,12 +83,20 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_async_generation(cfg: DictConfig, strategy) -> None:
-    """The background sampler is a copy of the student driven by transformers' `generate` in this process."""
-    if choice(cfg, "generation") != "hf":
+    """The background sampler is a copy of the student: transformers' `generate` on it, or rollout servers that
+    hold its weights (the copy then gives the rollout log-probs)."""
+    generation = choice(cfg, "generation")
+    if generation not in ("hf", "vllm_server"):
         raise ConfigError(
-            f"train.async_generation=true samples with generation=hf from a copy of the student; "
-            f"generation={choice(cfg, 'generation')} already has its own engine and does not overlap with the step "
-            "yet. Use generation=hf, or train.async_generation=false."
+            f"train.async_generation=true samples with generation=hf from a copy of the student, or with "
+            f"generation=vllm_server; generation={generation} is an engine in this process that does not overlap "
+            "with the step yet. Use generation=hf or generation=vllm_server, or train.async_generation=false."
+        )
+    if generation == "vllm_server" and int(cfg.generation.sync_every) != 1:
+        raise ConfigError(
+            f"train.async_generation=true with generation.sync_every={cfg.generation.sync_every}: the rollout "
+            "log-probs of the importance ratio come from a copy of the student that takes every step's weights, so "
+            "the servers must take them too. Use generation.sync_every=1."
         )
     if strategy.collective_forwards:
         raise ConfigError(

@@ -41,6 +41,13 @@ def check_servable(config, on_cuda: bool) -> None:
         )
 
 
+def vllm_name(name: str) -> str | None:
+    """A PEFT model's state-dict name as vLLM knows it, or None for an adapter's own tensors."""
+    if "lora_" in name or "modules_to_save" in name and "original_module" in name:
+        return None
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
 def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The weights vLLM expects: plain HF names, LoRA adapters merged into their base layers."""
     from distillkit.models import is_peft
@@ -51,12 +58,19 @@ def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     model.merge_adapter()
     try:
         for name, tensor in model.state_dict().items():
-            if "lora_" in name or "modules_to_save" in name and "original_module" in name:
-                continue
-            name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-            yield name, tensor.clone()
+            if vllm_name(name) is not None:
+                yield vllm_name(name), tensor.clone()
     finally:
         model.unmerge_adapter()
+
+
+def weight_metadata(model: torch.nn.Module) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """Name, dtype and shape of each tensor `merged_weights` yields, in its order, without merging anything."""
+    from distillkit.models import is_peft
+
+    peft = is_peft(model)
+    return [(vllm_name(name) if peft else name, t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()
+            if not peft or vllm_name(name) is not None]
 
 
 class VLLMGenerator(Generator):
