@@ -93,7 +93,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir):
     proc, url, log = start_server(model_dir, "--api-key", API_KEY, "--max-k", "8", "--batch-window-ms", "30",
-                                  "--max-body-bytes", "65536")
+                                  "--max-body-bytes", "65536", "--max-sequences", "8")
     yield url
     stop_server(proc, log)
 
@@ -260,20 +260,30 @@ GOOD = {"sequences": [[5, 6, 7, 8], [9, 10, 11]], "prompt_lengths": [2, 1], "k":
 
 
 @pytest.mark.parametrize("change, status, words", [
-    ({"prompt_lengths": [2]}, 400, "prompt_lengths has 1"),
-    ({"prompt_lengths": [2, 4]}, 400, "prompt_lengths[1]=4 lies outside [0, 3]"),
+    # 422: the schema holds but a rule it cannot state does not
+    ({"prompt_lengths": [2]}, 422, "prompt_lengths has 1"),
+    ({"prompt_lengths": [2, 4]}, 422, "prompt_lengths[1]=4 lies outside [0, 3]"),
+    ({"prompt_lengths": [0, 1]}, 422, "prompt_lengths[0]=0"),
+    ({"k": 5, "vocab_size": 4}, 422, "k=5 exceeds the vocabulary of 4 tokens"),
+    ({"sequences": [[5, 6, 7, 8], [9, 10, 11]], "vocab_size": 10}, 422, "token id 10 lies outside the vocabulary [0, 10)"),
+    # 400: the schema does not hold
     ({"prompt_lengths": [-1, 1]}, 400, "prompt_lengths[0]=-1"),
-    ({"prompt_lengths": [0, 1]}, 400, "prompt_lengths[0]=0"),
-    ({"sequences": [[5] * (CONTEXT + 1), [9, 10]]}, 400, "more than the model's context of 64"),
-    ({"k": 0}, 400, "k=0 must lie in [1, 8]"),
+    ({"sequences": [[5] * (CONTEXT + 1), [9, 10]]}, 400, "sequences[0] must be a list of 0 to 64 token ids"),
+    ({"k": 0}, 400, "k=0 must be an integer in [1, 8]"),
     ({"k": 9}, 400, "--max-k is 8"),
-    ({"sequences": [[5, 6, 16, 8], [9, 10, 11]]}, 400, "token id 16 lies outside the vocabulary [0, 16)"),
-    ({"sequences": [[5, 6, 7, 8], [9, -1, 11]]}, 400, "sequence 1, position 1: token id -1"),
-    ({"temperature": 0}, 400, "temperature=0"),
-    ({"temperature": "hot"}, 400, "temperature must be a number"),
-    ({"sequences": [[5, 6.5, 7], [9, 10, 11]]}, 400, "sequences[0] must be a list of integers"),
+    ({"sequences": [[5, 6, 16, 8], [9, 10, 11]]}, 400, "sequences[0][2]=16: a token id must be an integer in [0, 16)"),
+    ({"sequences": [[5, 6, 7, 8], [9, -1, 11]]}, 400, "sequences[1][1]=-1"),
+    ({"temperature": 0}, 400, "temperature=0 must be a number in [0.0001, 10000]"),
+    ({"temperature": "hot"}, 400, "temperature='hot'"),
+    ({"temperature": 1e-38}, 400, "temperature=1e-38"),  # was a 200 of NaN log-probs
+    ({"temperature": 5e-324}, 400, "temperature=5e-324"),
+    ({"temperature": 10**400}, 400, "temperature=1000000000"),  # was a 500 (OverflowError)
+    ({"temperature": 10001}, 400, "temperature=10001"),
+    ({"k": 2**63}, 400, "k=9223372036854775808"),  # was a 500 (OverflowError)
+    ({"prompt_lengths": [2**63, 1]}, 400, "prompt_lengths[0]=9223372036854775808"),
+    ({"sequences": [[5, 6.5, 7], [9, 10, 11]]}, 400, "sequences[0][1]=6.5: a token id must be"),
+    ({"sequences": [[5, 2**64, 7], [9, 10, 11]]}, 400, "sequences[0][1]=18446744073709551616"),
     ({"vocab_size": 17}, 400, "vocab_size=17"),
-    ({"k": 5, "vocab_size": 4}, 400, "k=5 exceeds the vocabulary of 4 tokens"),
 ])
 def test_bad_score_requests_are_refused_and_the_server_stays_up(server, auth, change, status, words):
     resp = requests.post(server + "/v1/score", json={**GOOD, **change}, headers=auth)
@@ -301,10 +311,14 @@ def test_bad_binary_and_oversized_requests(server, auth):
     chunked = requests.post(server + "/v1/score", data=iter([json.dumps(big).encode()] * 2),  # no Content-Length
                             headers={**auth, "Content-Type": "application/json"})
     assert chunked.status_code == 413
-    for body in ({"model": "x", "prompt": [1, 2]}, {"prompt": [1, 99], "max_tokens": 0},
-                 {"prompt": [1, 2], "prompt_logprobs": 9}, {"prompt": [5] * 60, "max_tokens": 5}, {"prompt": []}):
+    for body, status in (({"model": "x", "prompt": [1, 2]}, 404), ({"prompt": [1, 99], "max_tokens": 0}, 400),
+                         ({"prompt": [1, 2], "prompt_logprobs": 9}, 400), ({"prompt": [5] * 60, "max_tokens": 5}, 422),
+                         ({"prompt": []}, 400), ({"prompt": ""}, 400), ({"prompt": [[]]}, 400),
+                         ({"prompt": [[5, 6]] * 9}, 400),  # more prompts than --max-sequences=8
+                         ({"prompt": [5, 6], "temperature": 5e-324}, 400),
+                         ({"prompt": [5, 6], "temperature": 10**400}, 400), ({"prompt": [5, 6], "n": 2**64}, 400)):
         resp = requests.post(server + "/v1/completions", json=body, headers=auth)
-        assert resp.status_code in (400, 404) and resp.json()["error"]["message"], body
+        assert resp.status_code == status and resp.json()["error"]["message"], (body, resp.text)
     assert requests.get(server + "/health").status_code == 200
     # and it still scores
     assert requests.post(server + "/v1/score", json=GOOD, headers=auth).json()["rows"] == 4
