@@ -56,8 +56,12 @@ def train(cfg: DictConfig) -> float:
         print(f"distillkit: error: {err}", file=sys.stderr)
         sys.exit(2)
     except TeacherError as err:
-        print(f"distillkit: error: {err}\nA checkpoint was written; rerun the same command to resume.",
-              file=sys.stderr)
+        if err.checkpoint_step is not None:
+            after = f"A checkpoint was written at step {err.checkpoint_step}; rerun the same command to resume."
+        else:
+            after = ("No checkpoint was written: the teacher failed before the first training step (in the starting "
+                     "evaluation). Rerun the same command once the teacher answers.")
+        print(f"distillkit: error: {err}\n{after}", file=sys.stderr)
         sys.exit(3)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
         print("\n" + format_summary(summary))
