@@ -44,10 +44,11 @@ class Limits:
 
     def int_in(self, value, name: str, low: int, high: int, bound: str = "") -> int:
         """`bound`: what sets `high`, for the message (e.g. "this server's --max-k")."""
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        number = integer(value)
+        if number is None or not low <= number <= high:
             raise schema_error(f"{name}={short(value)} must be an integer in [{low}, {high}]"
                                + (f" ({bound} is {high})" if bound else ""))
-        return value
+        return number
 
     def temperature(self, value, name: str = "temperature") -> float:
         """A number in [MIN_TEMPERATURE, MAX_TEMPERATURE]; compared before float() so 10**400 is refused, not an
@@ -63,26 +64,34 @@ class Limits:
         if not isinstance(value, list) or len(value) > self.max_sequences:
             raise schema_error(f"{name} must be a list of at most {self.max_sequences} lists of token ids "
                                "(this server's --max-sequences)")
-        for i, seq in enumerate(value):
-            self.token_list(seq, f"{name}[{i}]", min_length)
-        return value
+        return [self.token_list(seq, f"{name}[{i}]", min_length) for i, seq in enumerate(value)]
 
     def token_list(self, seq, name: str, min_length: int = 0) -> list[int]:
         if not isinstance(seq, list) or not min_length <= len(seq) <= self.context_length:
             raise schema_error(f"{name} must be a list of {min_length} to {self.context_length} token ids (the "
                                "model's context)")
-        for t, token in enumerate(seq):
-            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < self.vocab_size:
-                raise schema_error(f"{name}[{t}]={short(token)}: a token id must be an integer in [0, "
+        tokens = [integer(token) for token in seq]
+        for t, token in enumerate(tokens):
+            if token is None or not 0 <= token < self.vocab_size:
+                raise schema_error(f"{name}[{t}]={short(seq[t])}: a token id must be an integer in [0, "
                                    f"{self.vocab_size}) (the vocabulary)")
-        return seq
+        return tokens
 
     def int_list(self, value, name: str, low: int, high: int) -> list[int]:
         if not isinstance(value, list) or len(value) > self.max_sequences:
             raise schema_error(f"{name} must be a list of at most {self.max_sequences} integers")
-        for i, x in enumerate(value):
-            self.int_in(x, f"{name}[{i}]", low, high)
+        return [self.int_in(x, f"{name}[{i}]", low, high) for i, x in enumerate(value)]
+
+
+def integer(value) -> int | None:
+    """An int, or a float with no fractional part (JSON Schema's "integer": 1.0 is one); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
         return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def short(value) -> str:

@@ -36,6 +36,7 @@ from distillkit.serve.checks import (
     ApiError,
     Limits,
     check_score_request,
+    integer,
     rule_error,
     schema_error,
     score_request_from_json,
@@ -288,7 +289,7 @@ def _prompts(prompt, tokenizer, limits: Limits) -> list[list[int]]:
     if isinstance(prompt, str) and prompt:
         return [tokenizer.encode(prompt)]
     if isinstance(prompt, list) and prompt:
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if all(integer(t) is not None for t in prompt):
             return [limits.token_list(prompt, "prompt", min_length=1)]
         if len(prompt) <= limits.max_sequences:
             if all(isinstance(p, str) and p for p in prompt):
