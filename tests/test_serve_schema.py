@@ -30,7 +30,7 @@ def test_the_server_passes_schemathesis(tmp_path):
             [str(ST), "--config-file", str(CONFIG), "run", f"{url}/openapi.json", "--checks", "all",
              "-H", "Authorization: Bearer key-1", "--max-examples", "30", "--seed", "1", "--no-color",
              "--request-timeout", "30"],
-            capture_output=True, text=True, timeout=300)
+            capture_output=True, text=True, timeout=300, cwd=tmp_path)  # st keeps a cache in its working folder
     finally:
         stop_server(proc, log)
     assert done.returncode == 0 and "No issues found" in done.stdout, done.stdout[-8000:] + done.stderr[-2000:]
