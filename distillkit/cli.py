@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from distillkit import ASSETS_DIR, PACKAGE_DIR
-from distillkit.errors import ConfigError
+from distillkit.errors import ConfigError, ServerFailure
 from distillkit.schema import register_schema
 
 CONF_DIR = PACKAGE_DIR.parent / "conf"
@@ -53,9 +53,7 @@ def train(cfg: DictConfig) -> float:
     """The Hydra task. Returns the final held-out accuracy: the objective a sweeper (Optuna) maximizes."""
     from hydra.core.hydra_config import HydraConfig
 
-    from distillkit.generation.rollout_server import RolloutServerError
     from distillkit.runner import run
-    from distillkit.serve.client import TeacherError
     from distillkit.sweep import current_sweep_job
 
     hand_back_hydra_errors()  # composition is over: errors from here on get Hydra's own report
@@ -66,9 +64,13 @@ def train(cfg: DictConfig) -> float:
     except ConfigError as err:
         print(f"distillkit: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except (TeacherError, RolloutServerError) as err:
-        print(f"distillkit: error: {err}\nA checkpoint was written; rerun the same command to resume.",
-              file=sys.stderr)
+    except ServerFailure as err:
+        if err.checkpoint_step is not None:
+            after = f"A checkpoint was written at step {err.checkpoint_step}; rerun the same command to resume."
+        else:
+            after = ("No checkpoint was written: the server failed before the first training step (in the starting "
+                     "evaluation). Rerun the same command once it answers.")
+        print(f"distillkit: error: {err}\n{after}", file=sys.stderr)
         sys.exit(3)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
         print("\n" + format_summary(summary))

@@ -25,10 +25,9 @@ from distillkit.assembly import (
 from distillkit.checkpoint import set_rng_state
 from distillkit.checkpointer import Checkpointer, check_same_strategy, own_share
 from distillkit.distributed import all_reduce_sum, barrier, init_distributed, same_on_every_process
+from distillkit.errors import ServerFailure
 from distillkit.evaluation import Evaluator, evaluate
-from distillkit.generation.rollout_server import RolloutServerError
 from distillkit.preemption import PreemptionGuard
-from distillkit.serve.client import TeacherError
 from distillkit.step import StepClock, accumulate_gradients, optimizer_step
 from distillkit.sweep import SweepJob
 from distillkit.tracking import Tracker
@@ -126,17 +125,20 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
         try:
             metrics = optimizer_step(parts, rows.at(step), step, clock,
                                      rows.at(step + 1) if step + 1 < steps else None)
-        except (TeacherError, RolloutServerError):  # saved as it was before this step: a resume redoes it exactly
+        except ServerFailure as err:  # saved as it was before this step, so a resume redoes the step exactly
             parts.optimizer.zero_grad(set_to_none=True)
-            checkpointer.save(step, summary, before)
-            tracker.end(status="FAILED")
+            saved_on_server_failure(err, checkpointer, step, summary, tracker, before)
             raise
         done, summary.steps = step + 1, summary.steps + 1
         progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
         if done % cfg.train.log_every == 0 or done == steps:
             tracker.log(metrics, step=done)
         if due(cfg.train.eval_every, done, steps):
-            tracker.log(evaluator.student(), step=done)
+            try:
+                tracker.log(evaluator.student(), step=done)
+            except ServerFailure as err:
+                saved_on_server_failure(err, checkpointer, done, summary, tracker)
+                raise
         if due(cfg.train.save_every, done, steps):
             checkpointer.save(done, summary)
         if preempted(guard, parts) and done != steps:  # SLURM preemption or timeout: every process stops here
@@ -146,7 +148,20 @@ def train(cfg: DictConfig, output_dir: Path, overrides: list[str] | None, prepar
             barrier()
             guard.hand_over(done)
     progress.close()
-    return finish(cfg, output_dir, parts, evaluator, tracker, summary, clock)
+    try:
+        return finish(cfg, output_dir, parts, evaluator, tracker, summary, clock)
+    except ServerFailure as err:  # the final evaluation: a resume starts there instead of redoing the steps
+        saved_on_server_failure(err, checkpointer, steps, summary, tracker)
+        raise
+
+
+def saved_on_server_failure(err: ServerFailure, checkpointer: Checkpointer, step: int, summary: Summary,
+                             tracker: Tracker, before=None) -> None:
+    """Checkpoint the run at `step` after the teacher failed, and record on the error that a checkpoint exists, so
+    the message the user reads is true (a failure in the first evaluation has none)."""
+    checkpointer.save(step, summary, before)
+    err.checkpoint_step = step
+    tracker.end(status="FAILED")
 
 
 def resumed_summary(restored) -> Summary:

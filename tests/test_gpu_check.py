@@ -44,7 +44,7 @@ def test_rel_diff_and_selection():
     assert gpu_check.rel_diff(0.0, 0.0) == 0.0 and gpu_check.rel_diff(1.0, 0.0) == math.inf
     assert gpu_check.parse_selection(None, None) == list(gpu_check.CHECKS)
     assert gpu_check.parse_selection("trl,liger", None) == ["liger", "trl"]
-    assert gpu_check.parse_selection(None, "vllm") == ["liger", "mp", "vllm_server", "trl"]
+    assert gpu_check.parse_selection(None, "vllm") == ["liger", "mp", "vllm_server", "trl", "trlserve"]
     assert gpu_check.parse_selection("vllm_server", None) == ["vllm_server"]
     with pytest.raises(SystemExit, match="unknown check"):
         gpu_check.parse_selection("liger,flash", None)

@@ -24,6 +24,7 @@ from distillkit.losses.base import TeacherRequest
 from distillkit.models import ConfigError
 from distillkit.serve.client import (
     TeacherClient,
+    TeacherDeadlineError,
     TeacherProtocolError,
     TeacherRequestError,
     TeacherUnavailableError,
@@ -75,7 +76,7 @@ def assert_same(out, ref, topk: bool = True):
 
 
 @pytest.mark.parametrize("protocol, temperature", [
-    ("binary", 1.0), ("binary", 0.7), ("json", 1.0), ("json", 0.7), ("openai", 1.0),
+    ("binary", 1.0), ("binary", 0.7), ("json", 1.0), ("json", 0.7), ("openai", 1.0), ("trl", 1.0), ("trl", 0.7),
 ])
 def test_remote_teacher_matches_the_model_in_process(server, live, protocol, temperature):
     prompts, comps = random_rows(seed=7, n=8)
@@ -119,7 +120,7 @@ def test_setup_info_tokenizer_and_hidden(server, model_dir, tmp_path):
     with pytest.raises(ConfigError, match="different tokenizer"):
         teacher.check_tokenizer(AutoTokenizer.from_pretrained(other))
     batch = collate([[5, 6]], [[7, 8]], 0)
-    with pytest.raises(ConfigError, match="teacher=remote cannot give hidden states; use loss=topk or loss=sampled"):
+    with pytest.raises(ConfigError, match="teacher=remote cannot give what loss=full needs"):
         teacher.score(batch, TeacherRequest("hidden", 1.0))
     with pytest.raises(ConfigError, match="--max-k"):
         remote(server, k_max=3).score(batch, TeacherRequest("topk", 1.0, 4))
@@ -185,10 +186,13 @@ def test_merge_is_strict_and_keeps_order():
 
 class FlakyProxy:
     """A local HTTP server in front of the teacher: fails the first `failures` requests with `status`, sleeps
-    `delay` seconds, or lets `edit` change the teacher's answer; every request is counted."""
+    `delay` seconds, lets `edit` change the teacher's answer, or answers /info with 404 (`hide_info`); every
+    request is counted."""
 
-    def __init__(self, target: str, failures: int = 0, status: int = 503, delay: float = 0.0, edit=None):
+    def __init__(self, target: str, failures: int = 0, status: int = 503, delay: float = 0.0, edit=None,
+                 hide_info: bool = False):
         self.target, self.failures, self.status, self.delay, self.edit = target, failures, status, delay, edit
+        self.hide_info = hide_info
         self.count = 0
         proxy = self
 
@@ -202,6 +206,9 @@ class FlakyProxy:
                 proxy.count += 1
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 time.sleep(proxy.delay)
+                if proxy.hide_info and self.path == "/info":  # as TRL's and vLLM's servers: no /info
+                    self.answer(404, b'{"detail":"Not Found"}', "application/json")
+                    return
                 if proxy.count <= proxy.failures:
                     self.answer(proxy.status, json.dumps({"error": {"message": "overloaded"}}).encode(),
                                 "application/json")
@@ -253,7 +260,7 @@ def test_5xx_is_retried_with_backoff_then_answers(server):
 def test_4xx_is_not_retried_and_carries_the_server_message(server):
     proxy = FlakyProxy(server)
     try:
-        with pytest.raises(TeacherRequestError, match="k=17 must lie in \\[1, 16\\]") as err:
+        with pytest.raises(TeacherRequestError, match="k=17 must be an integer in \\[1, 16\\]") as err:
             TeacherClient(proxy.url, retries=3, backoff=0.01).score([[5, 6, 7]], [1], 17, 1.0)
         assert err.value.status == 400 and proxy.count == 1
     finally:
@@ -286,3 +293,50 @@ def test_an_answer_with_a_missing_row_is_refused(server):
             TeacherClient(proxy.url).score([[5, 6, 7, 8], [9, 10, 11]], [2, 1], 3, 1.0)
     finally:
         proxy.close()
+
+
+def test_trl_protocol_refuses_a_short_answer_and_rescales_without_info(server, live):
+    """protocol=trl merges as strictly as the others; against a server without /info (TRL's own, which leaves
+    the temperature to vLLM, i.e. at 1) T != 1 is refused unless approximate_temperature."""
+    def drop_a_row(content: bytes) -> bytes:
+        body = json.loads(content)
+        if "completion_lengths" in body:  # the scoring answer, not /info
+            body["completion_lengths"][0] -= 1
+        return json.dumps(body).encode()
+
+    proxy = FlakyProxy(server, edit=drop_a_row)
+    try:
+        with pytest.raises(TeacherProtocolError, match="completion_lengths"):
+            TeacherClient(proxy.url, protocol="trl").score([[5, 6, 7, 8], [9, 10, 11]], [2, 1], 3, 1.0)
+    finally:
+        proxy.close()
+    prompts, comps = random_rows(seed=11, n=3)
+    batch = collate(prompts, comps, 0)
+    proxy = FlakyProxy(server, hide_info=True)
+    try:
+        with pytest.raises(ConfigError, match="temperature 1 only"):
+            remote(proxy.url, protocol="trl").score(batch, TeacherRequest("topk", 0.7, 4))
+        exact = remote(proxy.url, protocol="trl").score(batch, TeacherRequest("topk", 1.0, 4))
+        assert_same(exact, live.score(batch, TeacherRequest("topk", 1.0, 4)))
+        approx = remote(proxy.url, protocol="trl", approximate_temperature=True).score(
+            batch, TeacherRequest("topk", 0.7, 4))
+        ref = live.score(batch, TeacherRequest("topk", 0.7, 4))
+        assert torch.equal(approx.topk_ids, ref.topk_ids)
+        assert (approx.topk_logprobs >= ref.topk_logprobs - 1e-4).all()  # renormalized over the top-k: never lower
+    finally:
+        proxy.close()
+
+
+def test_a_frozen_server_costs_at_most_the_deadline():
+    """A loopback socket that accepts connections and never answers: one score call ends within the client's
+    deadline, whatever the read timeout and retries say."""
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(64)
+        url = f"http://127.0.0.1:{frozen.getsockname()[1]}"
+        client = TeacherClient(url, read_timeout=300, retries=3, backoff=0.5, deadline=2.0)
+        started = time.monotonic()
+        with pytest.raises(TeacherDeadlineError, match="deadline of 2s") as err:
+            client.score([[5, 6, 7]], [1], 3, 1.0)
+        assert 1.9 < time.monotonic() - started < 4
+        assert "teacher.deadline" in str(err.value)

@@ -93,7 +93,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir):
     proc, url, log = start_server(model_dir, "--api-key", API_KEY, "--max-k", "8", "--batch-window-ms", "30",
-                                  "--max-body-bytes", "65536")
+                                  "--max-body-bytes", "65536", "--max-sequences", "8")
     yield url
     stop_server(proc, log)
 
@@ -260,20 +260,30 @@ GOOD = {"sequences": [[5, 6, 7, 8], [9, 10, 11]], "prompt_lengths": [2, 1], "k":
 
 
 @pytest.mark.parametrize("change, status, words", [
-    ({"prompt_lengths": [2]}, 400, "prompt_lengths has 1"),
-    ({"prompt_lengths": [2, 4]}, 400, "prompt_lengths[1]=4 lies outside [0, 3]"),
+    # 422: the schema holds but a rule it cannot state does not
+    ({"prompt_lengths": [2]}, 422, "prompt_lengths has 1"),
+    ({"prompt_lengths": [2, 4]}, 422, "prompt_lengths[1]=4 lies outside [0, 3]"),
+    ({"prompt_lengths": [0, 1]}, 422, "prompt_lengths[0]=0"),
+    ({"k": 5, "vocab_size": 4}, 422, "k=5 exceeds the vocabulary of 4 tokens"),
+    ({"sequences": [[5, 6, 7, 8], [9, 10, 11]], "vocab_size": 10}, 422, "token id 10 lies outside the vocabulary [0, 10)"),
+    # 400: the schema does not hold
     ({"prompt_lengths": [-1, 1]}, 400, "prompt_lengths[0]=-1"),
-    ({"prompt_lengths": [0, 1]}, 400, "prompt_lengths[0]=0"),
-    ({"sequences": [[5] * (CONTEXT + 1), [9, 10]]}, 400, "more than the model's context of 64"),
-    ({"k": 0}, 400, "k=0 must lie in [1, 8]"),
+    ({"sequences": [[5] * (CONTEXT + 1), [9, 10]]}, 400, "sequences[0] must be a list of 0 to 64 token ids"),
+    ({"k": 0}, 400, "k=0 must be an integer in [1, 8]"),
     ({"k": 9}, 400, "--max-k is 8"),
-    ({"sequences": [[5, 6, 16, 8], [9, 10, 11]]}, 400, "token id 16 lies outside the vocabulary [0, 16)"),
-    ({"sequences": [[5, 6, 7, 8], [9, -1, 11]]}, 400, "sequence 1, position 1: token id -1"),
-    ({"temperature": 0}, 400, "temperature=0"),
-    ({"temperature": "hot"}, 400, "temperature must be a number"),
-    ({"sequences": [[5, 6.5, 7], [9, 10, 11]]}, 400, "sequences[0] must be a list of integers"),
+    ({"sequences": [[5, 6, 16, 8], [9, 10, 11]]}, 400, "sequences[0][2]=16: a token id must be an integer in [0, 16)"),
+    ({"sequences": [[5, 6, 7, 8], [9, -1, 11]]}, 400, "sequences[1][1]=-1"),
+    ({"temperature": 0}, 400, "temperature=0 must be a number in [0.0001, 10000]"),
+    ({"temperature": "hot"}, 400, "temperature='hot'"),
+    ({"temperature": 1e-38}, 400, "temperature=1e-38"),  # was a 200 of NaN log-probs
+    ({"temperature": 5e-324}, 400, "temperature=5e-324"),
+    ({"temperature": 10**400}, 400, "temperature=1000000000"),  # was a 500 (OverflowError)
+    ({"temperature": 10001}, 400, "temperature=10001"),
+    ({"k": 2**63}, 400, "k=9223372036854775808"),  # was a 500 (OverflowError)
+    ({"prompt_lengths": [2**63, 1]}, 400, "prompt_lengths[0]=9223372036854775808"),
+    ({"sequences": [[5, 6.5, 7], [9, 10, 11]]}, 400, "sequences[0][1]=6.5: a token id must be"),
+    ({"sequences": [[5, 2**64, 7], [9, 10, 11]]}, 400, "sequences[0][1]=18446744073709551616"),
     ({"vocab_size": 17}, 400, "vocab_size=17"),
-    ({"k": 5, "vocab_size": 4}, 400, "k=5 exceeds the vocabulary of 4 tokens"),
 ])
 def test_bad_score_requests_are_refused_and_the_server_stays_up(server, auth, change, status, words):
     resp = requests.post(server + "/v1/score", json={**GOOD, **change}, headers=auth)
@@ -295,16 +305,165 @@ def test_bad_binary_and_oversized_requests(server, auth):
     assert requests.post(server + "/v1/score", data=b"junk", headers=octet).status_code == 400
     assert requests.post(server + "/v1/score", data=b"{not json", headers={**auth, "Content-Type": "application/json"}
                          ).status_code == 400
+    for raw, words in ((b'{"sequences": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "too deeply"),  # was a 500
+                       (b'{"k": ' + b"7" * 5000 + b"}", "not valid JSON")):  # over Python's 4,300 digits: was a 500
+        for path in ("/v1/score", "/v1/completions", "/get_sequence_logprobs/"):
+            resp = requests.post(server + path, data=raw, headers={**auth, "Content-Type": "application/json"})
+            assert resp.status_code == 400 and words in resp.json()["error"]["message"], (path, resp.text[:200])
     big = {**GOOD, "sequences": [[5] * 20] * 2000, "prompt_lengths": [1] * 2000}
     too_big = requests.post(server + "/v1/score", json=big, headers=auth)
     assert too_big.status_code == 413 and "--max-body-bytes=65536" in too_big.json()["error"]["message"]
     chunked = requests.post(server + "/v1/score", data=iter([json.dumps(big).encode()] * 2),  # no Content-Length
                             headers={**auth, "Content-Type": "application/json"})
     assert chunked.status_code == 413
-    for body in ({"model": "x", "prompt": [1, 2]}, {"prompt": [1, 99], "max_tokens": 0},
-                 {"prompt": [1, 2], "prompt_logprobs": 9}, {"prompt": [5] * 60, "max_tokens": 5}, {"prompt": []}):
+    for body, status in (({"model": "x", "prompt": [1, 2]}, 404), ({"prompt": [1, 99], "max_tokens": 0}, 400),
+                         ({"prompt": [1, 2], "prompt_logprobs": 9}, 400), ({"prompt": [5] * 60, "max_tokens": 5}, 422),
+                         ({"prompt": []}, 400), ({"prompt": ""}, 400), ({"prompt": [[]]}, 400),
+                         ({"prompt": [[5, 6]] * 9}, 400),  # more prompts than --max-sequences=8
+                         ({"prompt": [5, 6], "temperature": 5e-324}, 400),
+                         ({"prompt": [5, 6], "temperature": 10**400}, 400), ({"prompt": [5, 6], "n": 2**64}, 400)):
         resp = requests.post(server + "/v1/completions", json=body, headers=auth)
-        assert resp.status_code in (400, 404) and resp.json()["error"]["message"], body
+        assert resp.status_code == status and resp.json()["error"]["message"], (body, resp.text)
     assert requests.get(server + "/health").status_code == 200
     # and it still scores
     assert requests.post(server + "/v1/score", json=GOOD, headers=auth).json()["rows"] == 4
+
+
+# ---------------------------------------------------------------- TRL's teacher protocols
+
+
+@pytest.fixture(scope="module")
+def open_server(model_dir):
+    """No API key: TRL's clients send none."""
+    proc, url, log = start_server(model_dir, "--max-k", "8")
+    yield url
+    stop_server(proc, log)
+
+
+@pytest.fixture(scope="module")
+def float64_model(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
+
+
+def reference(model, sequence: list[int], temperature: float) -> torch.Tensor:
+    """Ground truth: log_softmax(model(input_ids).logits / T) in float64; row t predicts token t + 1."""
+    with torch.no_grad():
+        logits = model(torch.tensor([sequence])).logits[0]
+    return torch.log_softmax(logits / temperature, dim=-1)
+
+
+TRL_ROWS = ([[5, 9, 3, 12, 7, 7, 14, 4], [3, 4, 5, 6, 7], [11, 12, 13]], [3, 1, 2])
+
+
+def assert_trl_rows(model, top_lp, top_ids, actual_lp, temperature, k, sequences=TRL_ROWS[0],
+                    prompt_lengths=TRL_ROWS[1]):
+    """Per sequence and completion position: the top-k ids and log-probs and the actual token's log-prob."""
+    assert len(top_lp) == len(sequences)
+    for i, (seq, p) in enumerate(zip(sequences, prompt_lengths, strict=True)):
+        ref = reference(model, seq, temperature)
+        assert len(top_lp[i]) == len(seq) - p
+        for t in range(p, len(seq)):
+            values, ids = ref[t - 1].topk(k)
+            assert list(top_ids[i][t - p][:k]) == ids.tolist()
+            np.testing.assert_allclose(top_lp[i][t - p][:k], values.numpy(), atol=2e-5, rtol=0)
+            assert actual_lp[i][t - p] == pytest.approx(ref[t - 1, seq[t]].item(), abs=2e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 2.5])
+def test_trl_1_16_vllm_client_against_serve_teacher(open_server, float64_model, monkeypatch, temperature):
+    """TRL 1.16's own `VLLMClient.get_sequence_logprobs` (POST /v1/completions with prompt_logprobs and
+    temperature), unchanged; the server applies the temperature (vLLM would not)."""
+    vllm_client = pytest.importorskip("trl.generation.vllm_client")
+    # The client refuses to start without vLLM installed, for its weight-sync parts; scoring needs only requests.
+    monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)
+    client = vllm_client.VLLMClient(base_url=open_server)
+    sequences, prompt_lengths = TRL_ROWS
+    out = client.get_sequence_logprobs(sequences, prompt_lengths, top_logprobs=5, temperature=temperature,
+                                       chunk_size=2)
+    actual = [[row[0] for row in seq] for seq in out["actual_logprobs"]]
+    assert_trl_rows(float64_model, out["logprobs"], out["logprob_token_ids"], actual, temperature, 5)
+    assert out["actual_token_ids"] == [[[t] for t in s[p:]] for s, p in zip(sequences, prompt_lengths, strict=True)]
+
+
+def trl_1_9_request(url: str, sequences, prompt_lengths, top_logprobs: int, temperature: float, use_binary: bool):
+    """The request TRL 1.9's `VLLMClient.get_sequence_logprobs` sends (trl v1.9.0, trl/generation/vllm_client.py,
+    lines 578-631: one `session.post` of this JSON to f"{base_url}/get_sequence_logprobs/"), and its decoding of a
+    binary answer (`_decode_binary_logprobs`, lines 648-692), reproduced here because that TRL cannot be installed
+    beside TRL 1.16."""
+    import base64
+
+    resp = requests.post(f"{url}/get_sequence_logprobs/", json={
+        "sequences": sequences, "prompt_lengths": prompt_lengths, "top_logprobs": top_logprobs,
+        "temperature": temperature, "response_format": "binary" if use_binary else "json"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    if not use_binary:
+        return {"logprobs": body["logprobs"], "logprob_token_ids": body["logprob_token_ids"]}
+    shape, lengths = body["shape"], body["completion_lengths"]
+    lp = np.frombuffer(base64.b64decode(body["logprobs_b64"]), dtype=np.float32).reshape(shape)
+    ids = np.frombuffer(base64.b64decode(body["token_ids_b64"]), dtype=np.int32).reshape(shape)
+    actual_shape = [shape[0], shape[1], 1]
+    actual_lp = np.frombuffer(base64.b64decode(body["actual_logprobs_b64"]), dtype=np.float32).reshape(actual_shape)
+    actual_ids = np.frombuffer(base64.b64decode(body["actual_token_ids_b64"]), dtype=np.int32).reshape(actual_shape)
+    return {"logprobs": [lp[i, :n, :].tolist() for i, n in enumerate(lengths)],
+            "logprob_token_ids": [ids[i, :n, :].tolist() for i, n in enumerate(lengths)],
+            "actual_logprobs": [actual_lp[i, :n, :].tolist() for i, n in enumerate(lengths)],
+            "actual_token_ids": [actual_ids[i, :n, :].tolist() for i, n in enumerate(lengths)]}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_trl_1_9_get_sequence_logprobs_binary_and_json(open_server, float64_model, temperature):
+    sequences, prompt_lengths = TRL_ROWS
+    binary = trl_1_9_request(open_server, sequences, prompt_lengths, 4, temperature, use_binary=True)
+    actual = [[row[0] for row in seq] for seq in binary["actual_logprobs"]]
+    assert_trl_rows(float64_model, binary["logprobs"], binary["logprob_token_ids"], actual, temperature, 4)
+    assert binary["actual_token_ids"] == [[[t] for t in s[p:]] for s, p in zip(sequences, prompt_lengths, strict=True)]
+    # JSON: vLLM's prompt_logprobs by rank, the top-k then the actual token when it is not among them
+    as_json = trl_1_9_request(open_server, sequences, prompt_lengths, 4, temperature, use_binary=False)
+    for i, (seq, p) in enumerate(zip(sequences, prompt_lengths, strict=True)):
+        for t in range(p, len(seq)):
+            ids, lps = as_json["logprob_token_ids"][i][t - p], as_json["logprobs"][i][t - p]
+            assert ids[:4] == binary["logprob_token_ids"][i][t - p]
+            assert len(ids) == (4 if seq[t] in ids[:4] else 5) and seq[t] in ids
+            assert lps[ids.index(seq[t])] == pytest.approx(actual[i][t - p], abs=1e-6)
+    # the JSON form carries the binary keys as null, as TRL's response model did
+    raw = requests.post(f"{open_server}/get_sequence_logprobs/", json={
+        "sequences": sequences, "prompt_lengths": prompt_lengths, "top_logprobs": 2}).json()
+    assert raw["logprobs_b64"] is None and raw["shape"] is None and len(raw["logprobs"]) == 3
+
+
+def test_trl_endpoint_defaults_and_refusals(open_server):
+    url = f"{open_server}/get_sequence_logprobs/"
+    # top_logprobs defaults to TRL's 100, cut to this server's --max-k (8); top_logprobs=0 gives the actual tokens
+    default = requests.post(url, json={"sequences": [[5, 6, 7]], "prompt_lengths": [1],
+                                       "response_format": "binary"}).json()
+    assert default["shape"] == [1, 2, 8] and default["completion_lengths"] == [2]
+    zero = requests.post(url, json={"sequences": [[5, 6, 7], []], "prompt_lengths": [1, 0],
+                                    "top_logprobs": 0, "response_format": "binary"}).json()
+    assert zero["shape"] == [2, 2, 0] and zero["completion_lengths"] == [2, 0]
+    for body, status, words in [
+        ({"sequences": [[5, 6]], "prompt_lengths": [3]}, 422, "prompt_length=3 which is out of range [0, 2]"),
+        ({"sequences": [[5, 6]], "prompt_lengths": [0]}, 422, "prompt_length=0"),
+        ({"sequences": [[5, 6]], "prompt_lengths": [1, 1]}, 422, "prompt_lengths has 2"),
+        ({"sequences": [[5, 6]], "prompt_lengths": [1], "top_logprobs": 9}, 400, "--max-k is 8"),
+        ({"sequences": [[5, 6]], "prompt_lengths": [1], "temperature": 0}, 400, "temperature=0"),
+        ({"sequences": [[5, 6]], "prompt_lengths": [1], "response_format": "xml"}, 400, "response_format"),
+        ({"sequences": [[5, 99]], "prompt_lengths": [1]}, 400, "sequences[0][1]=99"),
+        ({"prompt_lengths": [1]}, 400, "lacks 'sequences'"),
+    ]:
+        resp = requests.post(url, json=body)
+        assert resp.status_code == status and words in resp.json()["error"]["message"], (body, resp.text)
+
+
+def test_completions_honour_temperature(open_server, float64_model):
+    """`temperature` > 0 is the log-probs' temperature (TRL sends its scoring temperature there); 0 means greedy and
+    leaves them at 1, as vLLM's are."""
+    prompt = TRL_ROWS[0][0]
+    for temperature, expected in ((0.5, 0.5), (0, 1.0), (None, 1.0)):
+        body = {"prompt": prompt, "max_tokens": 0, "prompt_logprobs": 3, "temperature": temperature}
+        entries = requests.post(f"{open_server}/v1/completions", json=body).json()["choices"][0]["prompt_logprobs"]
+        ref = reference(float64_model, prompt, expected)
+        for t in range(1, len(prompt)):
+            assert entries[t][str(prompt[t])]["logprob"] == pytest.approx(ref[t - 1, prompt[t]].item(), abs=2e-5)

@@ -12,13 +12,13 @@ import time
 
 import requests
 
-from distillkit.errors import ConfigError
+from distillkit.errors import ConfigError, ServerFailure
 
 RESTART_HINT = ("Restart it at the same URL (the same model, VLLM_SERVER_DEV_MODE=1 and the same flags), or drop it "
                 "from generation.urls.")
 
 
-class RolloutServerError(RuntimeError):
+class RolloutServerError(ServerFailure):
     """A rollout server stopped answering, or refused a request, during training. The runner checkpoints the step
     as it was before it started and the command exits with code 3, as for a teacher server."""
 

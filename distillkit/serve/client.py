@@ -1,7 +1,9 @@
-"""The client of a teacher server: `distillkit serve-teacher` (binary or JSON) or a stock vLLM server (openai).
+"""The client of a teacher server: `distillkit serve-teacher` (binary or JSON), a stock vLLM server (openai), or
+TRL's `trl vllm-serve` up to TRL 1.9.2 (trl, `/get_sequence_logprobs/`).
 
 `TeacherClient.score` splits a request into chunks under a token budget, sends them concurrently, and merges the
-answers strictly: every chunk must carry every field with exactly the rows it was asked for, or it raises.
+answers strictly: every chunk must carry every field with exactly the rows it was asked for, or it raises. The
+whole call has a deadline: a server that accepts and never answers costs at most `deadline` seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 import requests
 import torch
 
+from distillkit.errors import ServerFailure
+from distillkit.serve import trl
 from distillkit.serve.protocol import (
     BINARY_TYPE,
     FIELDS,
@@ -27,15 +31,15 @@ from distillkit.serve.protocol import (
     response_from_json,
 )
 
-PROTOCOLS = ("binary", "json", "openai")
+PROTOCOLS = ("binary", "json", "openai", "trl")
 SERVER_HINT = (
-    "Start it with `distillkit serve-teacher --model MODEL --port PORT` (protocol binary/json) or "
+    "Start it with `distillkit serve-teacher --model MODEL --port PORT` (protocol binary/json/trl) or "
     "`vllm serve MODEL --max-logprobs K` (protocol openai), check the URL (teacher.url) and the network, or raise "
-    "the timeout/retries if the server is only slow."
+    "teacher.deadline (and the timeout/retries) if the server is only slow."
 )
 
 
-class TeacherError(RuntimeError):
+class TeacherError(ServerFailure):
     """Anything that went wrong talking to a teacher server."""
 
 
@@ -53,6 +57,10 @@ class TeacherRequestError(TeacherError):
 
 class TeacherProtocolError(TeacherError):
     """An answer that lacks a field or has the wrong number of rows or columns: never merged, never shifted."""
+
+
+class TeacherDeadlineError(TeacherUnavailableError):
+    """The server did not answer one `score` call within the client's deadline (a frozen or overloaded server)."""
 
 
 def server_message(resp: requests.Response) -> str:
@@ -170,27 +178,47 @@ def parse_prompt_logprobs(choices: list, sequences: list[list[int]], prompt_leng
             "token_logprobs": np.array(token_lp, dtype=np.float32)}
 
 
+def rescale(top_lp: np.ndarray, top_ids: np.ndarray, token_lp: np.ndarray, token_ids: np.ndarray,
+            temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Temperature-1 top-k log-probs taken to `temperature`, renormalized over the returned entries only (the top-k,
+    plus the actual token when it is not among them): the approximation of `approximate_temperature`."""
+    top = top_lp.astype(np.float64) / temperature
+    token = token_lp.astype(np.float64) / temperature
+    outside = ~(top_ids == token_ids[:, None]).any(-1)
+    norm = np.logaddexp.reduce(top, axis=-1) if top.shape[-1] else np.full(len(token), -np.inf)
+    norm = np.where(outside, np.logaddexp(norm, token), norm)
+    return top - norm[:, None], token - norm
+
+
 class TeacherClient:
     """Scores completion positions on a teacher server; thread-safe.
 
-    protocol: "binary" (distillkit serve-teacher, compact arrays), "json" (the same fields as JSON), or "openai"
-    (a stock `vllm serve`, or this server's /v1/completions, via `prompt_logprobs`).
+    protocol: "binary" (distillkit serve-teacher, compact arrays), "json" (the same fields as JSON), "openai"
+    (a stock `vllm serve`, or this server's /v1/completions, via `prompt_logprobs`), or "trl" (TRL <= 1.9.2's
+    `/get_sequence_logprobs/`, base64 arrays). `deadline`: seconds one `score` call may take, retries included.
+    `exact_temperature`: whether the server applies the temperature itself (False for vLLM and TRL's own server,
+    whose prompt log-probs are at temperature 1).
     """
 
     def __init__(self, url: str, api_key: str | None = None, protocol: str = "binary", model: str | None = None,
                  max_tokens_per_request: int = 32768, max_concurrency: int = 4, connect_timeout: float = 5.0,
                  read_timeout: float = 300.0, retries: int = 3, backoff: float = 0.5,
-                 approximate_temperature: bool = False):
+                 approximate_temperature: bool = False, deadline: float = 120.0):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol={protocol!r} is not one of {PROTOCOLS}")
         if max_tokens_per_request < 1 or max_concurrency < 1 or retries < 0:
             raise ValueError("max_tokens_per_request and max_concurrency must be >= 1, retries >= 0")
+        if not deadline > 0:
+            raise ValueError(f"deadline={deadline} must be > 0 (seconds)")
         self.url = url.rstrip("/").removesuffix("/v1")  # an OpenAI base_url names the same server
         self.api_key, self.protocol, self.model = api_key, protocol, model
         self.max_tokens_per_request, self.max_concurrency = int(max_tokens_per_request), int(max_concurrency)
         self.timeout = (float(connect_timeout), float(read_timeout))
         self.retries, self.backoff = int(retries), float(backoff)
         self.approximate_temperature = approximate_temperature
+        self.deadline = float(deadline)
+        # whether the server applies the temperature; "trl": known once /info is read (only serve-teacher has one)
+        self.exact_temperature: bool | None = {"binary": True, "json": True, "openai": False}.get(protocol)
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -205,17 +233,29 @@ class TeacherClient:
                 session.headers["Authorization"] = f"Bearer {self.api_key}"
         return session
 
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+    def request(self, method: str, path: str, until: float | None = None, **kwargs) -> requests.Response:
         """One HTTP call with the retry policy: connection errors, timeouts and 5xx are retried with exponential
         backoff (backoff, 2*backoff, ...); a 4xx raises TeacherRequestError at once; when the retries are spent,
-        TeacherUnavailableError names the URL and the fix."""
+        TeacherUnavailableError names the URL and the fix. `until` (time.monotonic()): no attempt, wait or read
+        goes past it (TeacherDeadlineError)."""
         url = self.url + path
-        started, last = time.monotonic(), "no attempt"
+        started, last, out_of_time = time.monotonic(), "no attempt", False
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                pause = self.backoff * 2 ** (attempt - 1)
+                if until is not None and time.monotonic() + pause >= until:
+                    out_of_time = True
+                    break
+                time.sleep(pause)
+            timeout = self.timeout
+            if until is not None:
+                left = until - time.monotonic()
+                if left <= 0.01:
+                    out_of_time = True
+                    break
+                timeout = (min(self.timeout[0], left), min(self.timeout[1], left))
             try:
-                resp = self._session().request(method, url, timeout=self.timeout, **kwargs)
+                resp = self._session().request(method, url, timeout=timeout, **kwargs)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
                 last = f"{type(err).__name__}: {err}"
                 continue
@@ -225,9 +265,14 @@ class TeacherClient:
             if resp.status_code >= 400:
                 raise TeacherRequestError(url, resp.status_code, server_message(resp))
             return resp
-        raise TeacherUnavailableError(
-            f"The teacher server at {url} is unavailable after {self.retries + 1} attempts over "
-            f"{time.monotonic() - started:.1f}s (last: {last}). {SERVER_HINT}"
+        if not out_of_time and (until is None or time.monotonic() < until - 0.01):  # the retries ran out first
+            raise TeacherUnavailableError(
+                f"The teacher server at {url} is unavailable after {self.retries + 1} attempts over "
+                f"{time.monotonic() - started:.1f}s (last: {last}). {SERVER_HINT}"
+            )
+        raise TeacherDeadlineError(
+            f"The teacher server at {url} did not answer within the client's deadline of {self.deadline:g}s "
+            f"(teacher.deadline; last: {last}). {SERVER_HINT}"
         )
 
     def close(self) -> None:
@@ -284,12 +329,14 @@ class TeacherClient:
             raise ValueError(f"k={k} must be >= 1")
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature={temperature} must be > 0")
-        if self.protocol == "openai" and temperature != 1.0 and not self.approximate_temperature:
+        if self.exact_temperature is None:
+            self.exact_temperature = self.info() is not None
+        if not self.exact_temperature and temperature != 1.0 and not self.approximate_temperature:
             raise ValueError(
-                f"protocol=openai gives prompt log-probs at temperature 1 only (vLLM ignores `temperature` for "
-                f"prompt_logprobs) and only the top-k, so temperature={temperature} cannot be applied exactly. Use "
-                "the binary protocol of `distillkit serve-teacher`, a temperature of 1, or approximate_temperature="
-                "true (scale and renormalize over the top-k; see docs/serve-teacher.md)."
+                f"protocol={self.protocol} against this server gives prompt log-probs at temperature 1 only (vLLM "
+                f"ignores `temperature` for prompt_logprobs) and only the top-k, so temperature={temperature} cannot "
+                "be applied exactly. Use `distillkit serve-teacher` (which applies it), a temperature of 1, or "
+                "approximate_temperature=true (scale and renormalize over the top-k; see docs/serve-teacher.md)."
             )
         # sequences with no completion position cost a forward and give nothing: they are not sent
         keep = [i for i, (s, p) in enumerate(zip(sequences, prompt_lengths, strict=True)) if len(s) > p]
@@ -298,25 +345,30 @@ class TeacherClient:
         plan = plan_chunks([len(s) for s in seqs], self.max_tokens_per_request)
         expected = [sum(len(seqs[i]) - prompts[i] for i in range(a, b)) for a, b in plan]
 
+        until = time.monotonic() + self.deadline
+
         def send(span: tuple[int, int]) -> dict:
             a, b = span
-            return self._score_chunk(seqs[a:b], prompts[a:b], k, temperature, vocab_size)
+            return self._score_chunk(seqs[a:b], prompts[a:b], k, temperature, vocab_size, until)
 
         return merge_chunks(self._map(send, plan), expected, k)
 
-    def _score_chunk(self, seqs, prompts, k, temperature, vocab_size) -> dict:
+    def _score_chunk(self, seqs, prompts, k, temperature, vocab_size, until) -> dict:
         if self.protocol == "openai":
-            return self._score_openai(seqs, prompts, k, temperature)
+            return self._score_openai(seqs, prompts, k, temperature, until)
+        if self.protocol == "trl":
+            return self._score_trl(seqs, prompts, k, temperature, until)
         req = ScoreRequest.from_lists(seqs, prompts, k, temperature, vocab_size)
         if self.protocol == "binary":
-            resp = self.request("POST", "/v1/score", data=encode_request(req),
+            resp = self.request("POST", "/v1/score", until, data=encode_request(req),
                                 headers={"Content-Type": BINARY_TYPE, "Accept": BINARY_TYPE})
             try:
                 out = decode_response(resp.content)
             except ProtocolError as err:
                 raise TeacherProtocolError(f"{self.url}/v1/score: {err}") from err
         else:
-            resp = self.request("POST", "/v1/score", json=request_to_json(req), headers={"Accept": JSON_TYPE})
+            resp = self.request("POST", "/v1/score", until, json=request_to_json(req),
+                                headers={"Accept": JSON_TYPE})
             try:
                 out = response_from_json(resp.json())
             except (ValueError, TypeError) as err:
@@ -328,8 +380,23 @@ class TeacherClient:
             )
         return out
 
-    def _score_openai(self, seqs, prompts, k, temperature) -> dict:
+    def _score_openai(self, seqs, prompts, k, temperature, until) -> dict:
         body = {"model": self.served_model(), "prompt": seqs, "max_tokens": 1, "echo": True,
                 "prompt_logprobs": k, "temperature": 0.0}
-        choices = self.request("POST", "/v1/completions", json=body).json().get("choices")
+        choices = self.request("POST", "/v1/completions", until, json=body).json().get("choices")
         return parse_prompt_logprobs(choices, seqs, prompts, k, temperature)
+
+    def _score_trl(self, seqs, prompts, k, temperature, until) -> dict:
+        """TRL 1.9's request, base64 answer; a server that does not apply the temperature is asked at 1 and the
+        answer rescaled (approximate_temperature)."""
+        asked = temperature if self.exact_temperature else 1.0
+        resp = self.request("POST", trl.PATH, until, json=trl.request_body(seqs, prompts, k, asked))
+        try:
+            out = trl.decode_binary(resp.json(), seqs, prompts, k)
+        except (ValueError, TypeError) as err:  # TrlAnswerError, malformed JSON or base64
+            raise TeacherProtocolError(f"{self.url}{trl.PATH}: {err}; refusing to merge") from err
+        if asked != temperature:
+            actual = np.concatenate([np.asarray(s[p:], dtype=np.int64) for s, p in zip(seqs, prompts, strict=True)])
+            out["topk_logprobs"], out["token_logprobs"] = rescale(out["topk_logprobs"], out["topk_ids"],
+                                                                  out["token_logprobs"], actual, temperature)
+        return out

@@ -115,6 +115,10 @@ def decode_request(body: bytes) -> ScoreRequest:
     temperature = header.get("temperature")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise ProtocolError(f"the request header needs a number 'temperature' (got {temperature!r})")
+    try:
+        temperature = float(temperature)
+    except OverflowError as err:
+        raise ProtocolError(f"the request header's temperature {temperature!r} is not a finite number") from err
     if s < 0 or t < 0:
         raise ProtocolError(f"num_sequences={s} and num_tokens={t} must be >= 0")
     expected = offset + 4 * (2 * s + t)
@@ -129,39 +133,7 @@ def decode_request(body: bytes) -> ScoreRequest:
         raise ProtocolError(f"lengths[{int(np.argmax(lengths < 0))}] is negative")
     if int(lengths.sum()) != t:
         raise ProtocolError(f"the lengths sum to {int(lengths.sum())} tokens but num_tokens={t}")
-    return ScoreRequest(tokens, lengths, prompt_lengths, k, float(temperature), vocab_size)
-
-
-def _int_list(value, name: str) -> list[int]:
-    if not isinstance(value, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in value):
-        raise ProtocolError(f"{name} must be a list of integers")
-    return value
-
-
-def request_from_json(body: dict) -> ScoreRequest:
-    if not isinstance(body, dict):
-        raise ProtocolError("the JSON body must be an object with sequences, prompt_lengths, k, temperature")
-    for key in ("sequences", "prompt_lengths", "k", "temperature"):
-        if key not in body:
-            raise ProtocolError(f"the JSON body lacks {key!r}")
-    sequences = body["sequences"]
-    if not isinstance(sequences, list):
-        raise ProtocolError("sequences must be a list of lists of token ids")
-    for i, seq in enumerate(sequences):
-        _int_list(seq, f"sequences[{i}]")
-    prompt_lengths = _int_list(body["prompt_lengths"], "prompt_lengths")
-    if len(prompt_lengths) != len(sequences):
-        raise ProtocolError(
-            f"sequences has {len(sequences)} entries but prompt_lengths has {len(prompt_lengths)}: one each"
-        )
-    k, temperature, vocab_size = body["k"], body["temperature"], body.get("vocab_size")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ProtocolError(f"k must be an integer (got {k!r})")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ProtocolError(f"temperature must be a number (got {temperature!r})")
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)):
-        raise ProtocolError(f"vocab_size must be an integer or null (got {vocab_size!r})")
-    return ScoreRequest.from_lists(sequences, prompt_lengths, k, float(temperature), vocab_size)
+    return ScoreRequest(tokens, lengths, prompt_lengths, k, temperature, vocab_size)
 
 
 def request_to_json(req: ScoreRequest) -> dict:

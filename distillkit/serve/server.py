@@ -8,6 +8,8 @@ Endpoints (docs/serve-teacher.md has the formats):
   POST /v1/score        the compact path: top-k log-probs, their ids and the actual tokens' log-probs of the
                         completion positions, binary (little-endian arrays) or JSON
   POST /v1/completions  an OpenAI/vLLM-compatible subset: `prompt_logprobs` as vLLM returns them
+  POST /get_sequence_logprobs/  TRL's teacher endpoint (`trl vllm-serve` up to TRL 1.9.2), JSON or base64 arrays
+  GET  /openapi.json    the schema of all of these, with this server's limits (docs/serve-teacher.md)
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -27,28 +28,33 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from distillkit.serve import trl
+from distillkit.serve.checks import (
+    MAX_K,
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    ApiError,
+    Limits,
+    check_score_request,
+    integer,
+    rule_error,
+    schema_error,
+    score_request_from_json,
+)
+from distillkit.serve.openapi import openapi_document
 from distillkit.serve.protocol import (
     BINARY_TYPE,
     JSON_TYPE,
     ProtocolError,
-    ScoreRequest,
     ScoreResult,
     decode_request,
     encode_response,
-    request_from_json,
     response_to_json,
 )
 
 log = logging.getLogger("distillkit.serve")
 API_KEY_ENV = "DISTILLKIT_API_KEY"
-OPEN_PATHS = {"/health"}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
-
+OPEN_PATHS = {"/health", "/openapi.json"}
 
 def json_response(obj, status: int = 200):
     # allow_nan: a log-prob of -inf is a legal answer (vLLM writes it the same way)
@@ -78,14 +84,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="how long the worker waits for more requests to batch with the first one")
     p.add_argument("--max-body-bytes", type=int, default=256 * 2**20, help="larger request bodies get 413")
+    p.add_argument("--max-sequences", type=int, default=16384,
+                   help="sequences (prompts) per request; more get 400")
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds a request may take from arrival to answer, else 503 (the rest of its work is dropped)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a client may take to send a request body, else 408 and the connection is closed")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = p.parse_args(argv)
-    for name in ("max_k", "max_batch_tokens", "max_body_bytes"):
+    for name in ("max_k", "max_batch_tokens", "max_body_bytes", "max_sequences"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.batch_window_ms < 0:
         p.error("--batch-window-ms must be >= 0")
+    if not (args.request_timeout > 0 and args.body_timeout > 0):
+        p.error("--request-timeout and --body-timeout must be > 0")
     return args
 
 
@@ -99,59 +113,14 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-# ---------------------------------------------------------------- validation
-
-
-def check_score_request(req: ScoreRequest, engine, max_k: int) -> int:
-    """Refuse anything the model cannot answer exactly as asked. Returns the vocabulary size to normalize over."""
-    s = len(req.lengths)
-    if len(req.prompt_lengths) != s:
-        raise ApiError(400, f"lengths has {s} entries but prompt_lengths has {len(req.prompt_lengths)}: one each")
-    if req.k < 1 or req.k > max_k:
-        raise ApiError(400, f"k={req.k} must lie in [1, {max_k}] (this server's --max-k is {max_k})")
-    vocab = engine.vocab_size if req.vocab_size is None else req.vocab_size
-    if not 1 <= vocab <= engine.vocab_size:
-        raise ApiError(400, f"vocab_size={req.vocab_size} must lie in [1, {engine.vocab_size}] (the LM head's rows)")
-    if req.k > vocab:
-        raise ApiError(400, f"k={req.k} exceeds the vocabulary of {vocab} tokens")
-    if not (math.isfinite(req.temperature) and req.temperature > 0):
-        raise ApiError(400, f"temperature={req.temperature} must be a finite number > 0")
-    lengths, prompts = req.lengths, req.prompt_lengths
-    if s:
-        long = np.nonzero(lengths > engine.context_length)[0]
-        if len(long):
-            i = int(long[0])
-            raise ApiError(400, f"sequence {i} has {int(lengths[i])} tokens, more than the model's context of "
-                                f"{engine.context_length}")
-        bad = np.nonzero((prompts < 0) | (prompts > lengths))[0]
-        if len(bad):
-            i = int(bad[0])
-            raise ApiError(400, f"prompt_lengths[{i}]={int(prompts[i])} lies outside [0, {int(lengths[i])}] "
-                                f"(sequence {i} has {int(lengths[i])} tokens)")
-        zero = np.nonzero((prompts == 0) & (lengths > 0))[0]
-        if len(zero):
-            i = int(zero[0])
-            raise ApiError(400, f"prompt_lengths[{i}]=0 but sequence {i} is not empty: its first token has no prefix "
-                                "to be predicted from, so a prompt length must be >= 1 (0 only for an empty sequence)")
-    if len(req.tokens):
-        starts = np.repeat(req.offsets[:-1], lengths)
-        position = np.arange(len(req.tokens)) - starts
-        completion = position >= np.repeat(prompts, lengths)
-        bad = (req.tokens < 0) | (req.tokens >= engine.vocab_size) | (completion & (req.tokens >= vocab))
-        if bad.any():
-            t = int(np.argmax(bad))
-            i = int(np.searchsorted(req.offsets, t, side="right") - 1)
-            limit = vocab if completion[t] else engine.vocab_size
-            raise ApiError(400, f"sequence {i}, position {int(position[t])}: token id {int(req.tokens[t])} lies "
-                                f"outside the vocabulary [0, {limit})")
-    return vocab
-
-
 # ---------------------------------------------------------------- the app
 
 
-def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_bytes: int = 256 * 2**20):
+def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_bytes: int = 256 * 2**20,
+               max_sequences: int = 16384, request_timeout: float = 600.0, body_timeout: float = 30.0):
     from contextlib import asynccontextmanager
+
+    from distillkit.serve.engine import DeadlineExceeded, NonFiniteLogprobs, ScoreJob
 
     @asynccontextmanager
     async def lifespan(app):
@@ -160,6 +129,9 @@ def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_by
 
     app = FastAPI(title="distillkit teacher", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     expected = f"Bearer {api_key}".encode() if api_key else None
+    limits = Limits(max_k=max_k, max_sequences=max_sequences, context_length=engine.context_length,
+                    vocab_size=engine.vocab_size)
+    schema = openapi_document(limits, secured=api_key is not None)
 
     @app.middleware("http")
     async def authorize(request: Request, call_next):
@@ -174,7 +146,10 @@ def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_by
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
-        return error_response(err.status, err.message, err.kind)
+        response = error_response(err.status, err.message, err.kind)
+        if err.status in (408, 413):  # the rest of the body may never come: do not keep the connection
+            response.headers["Connection"] = "close"
+        return response
 
     async def read_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -182,26 +157,49 @@ def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_by
             raise ApiError(413, f"the request body has {length} bytes, more than this server's --max-body-bytes="
                                 f"{max_body_bytes}; send fewer tokens per request", "request_too_large")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise ApiError(413, f"the request body exceeds this server's --max-body-bytes={max_body_bytes}; "
-                                    "send fewer tokens per request", "request_too_large")
-            chunks.append(chunk)
+
+        async def receive_all() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise ApiError(413, f"the request body exceeds this server's --max-body-bytes={max_body_bytes}; "
+                                        "send fewer tokens per request", "request_too_large")
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(receive_all(), body_timeout)
+        except asyncio.TimeoutError as err:
+            raise ApiError(408, f"the request body did not arrive within this server's --body-timeout="
+                                f"{body_timeout:g} s ({size} bytes came)", "request_timeout") from err
         return b"".join(chunks)
 
     async def read_json(request: Request):
-        try:
-            return json.loads(await read_body(request))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ApiError(400, f"the body is not valid JSON: {err}") from err
+        body = await read_body(request)
+        try:  # in a thread: a large body must not stall the other clients' requests
+            return await asyncio.to_thread(json.loads, body)
+        except RecursionError as err:
+            raise schema_error("the body nests JSON arrays or objects too deeply") from err
+        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, and integers of over 4,300 digits
+            raise schema_error(f"the body is not valid JSON: {err}") from err
 
-    async def run(job):
+    async def run(job: ScoreJob):
+        job.deadline = time.monotonic() + request_timeout
         try:
             return await asyncio.wrap_future(engine.submit(job))
+        except DeadlineExceeded as err:
+            raise ApiError(503, f"{err}: this server answers within --request-timeout={request_timeout:g} s; send "
+                                "fewer tokens per request, or retry when the server is less busy",
+                           "timeout_error") from err
+        except NonFiniteLogprobs as err:
+            raise rule_error(str(err)) from err
         except Exception as err:
             raise ApiError(500, f"the teacher failed on this batch: {type(err).__name__}: {err}",
                            "internal_error") from err
+
+    async def answer_json(obj) -> Response:
+        text = await asyncio.to_thread(json.dumps, obj, allow_nan=True, separators=(",", ":"))
+        return Response(text, media_type=JSON_TYPE)
 
     def info() -> dict:
         return {
@@ -209,12 +207,18 @@ def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_by
             "tokenizer_hash": engine.tokenizer_hash, "max_k": max_k, "context_length": engine.context_length,
             "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."), "device": str(engine.device),
             "max_batch_tokens": engine.max_batch_tokens, "batch_window_ms": engine.batch_window * 1000,
-            "max_body_bytes": max_body_bytes, "protocols": ["binary", "json", "openai"], "stats": engine.snapshot(),
+            "max_body_bytes": max_body_bytes, "max_sequences": max_sequences, "request_timeout": request_timeout,
+            "body_timeout": body_timeout, "temperature_range": [MIN_TEMPERATURE, MAX_TEMPERATURE],
+            "protocols": ["binary", "json", "openai", "trl"], "stats": engine.snapshot(),
         }
 
     @app.get("/health")
     async def health():
         return json_response({"status": "ok"})
+
+    @app.get("/openapi.json")
+    async def get_openapi():
+        return json_response(schema)
 
     @app.get("/info")
     async def get_info():
@@ -233,15 +237,14 @@ def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_by
 
     @app.post("/v1/score")
     async def score(request: Request):
-        from distillkit.serve.engine import ScoreJob
-
         content_type = request.headers.get("content-type", "")
         is_json = content_type.startswith(JSON_TYPE)
         try:
-            req = request_from_json(await read_json(request)) if is_json else decode_request(await read_body(request))
+            req = (score_request_from_json(await read_json(request), limits) if is_json
+                   else decode_request(await read_body(request)))
         except ProtocolError as err:
-            raise ApiError(400, str(err)) from err
-        vocab = check_score_request(req, engine, max_k)
+            raise schema_error(str(err)) from err
+        vocab = check_score_request(req, limits)
         sequences = req.sequences()
         starts = [int(p) for p in req.prompt_lengths]
         out = await run(ScoreJob(sequences, starts, req.k, req.temperature, vocab))
@@ -249,15 +252,25 @@ def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_by
                              req.temperature, vocab)
         accept = request.headers.get("accept", "")
         if JSON_TYPE in accept or (is_json and BINARY_TYPE not in accept):
-            return json_response(response_to_json(result))
-        return Response(encode_response(result), media_type=BINARY_TYPE)
+            return await answer_json(response_to_json(result))
+        return Response(await asyncio.to_thread(encode_response, result), media_type=BINARY_TYPE)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await read_json(request)
         if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object")
-        return json_response(await openai_completions(body, engine, max_k, run))
+            raise schema_error("the body must be a JSON object")
+        return await answer_json(await openai_completions(body, engine, limits, run))
+
+    @app.post(trl.PATH)
+    async def sequence_logprobs(request: Request):
+        sequences, prompt_lengths, k, temperature, response_format = trl.parse_request(await read_json(request),
+                                                                                         limits)
+        out = await run(ScoreJob([np.asarray(seq, dtype=np.int64) for seq in sequences], prompt_lengths, max(k, 1),
+                                 temperature, engine.vocab_size))
+        if k == 0:  # top_logprobs=0: the actual tokens only
+            out.topk_logprobs, out.topk_ids = out.topk_logprobs[:, :0], out.topk_ids[:, :0]
+        return await answer_json(await asyncio.to_thread(trl.format_response, out, sequences, k, response_format))
 
     return app
 
@@ -265,62 +278,73 @@ def create_app(engine, max_k: int = 100, api_key: str | None = None, max_body_by
 # ---------------------------------------------------------------- /v1/completions
 
 
-def _opt_int(body: dict, key: str, default, low: int, high: int | None):
-    value = body.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise ApiError(400, f"{key}={value!r} must be an integer in [{low}, {high if high is not None else 'inf'}]")
-    return value
+def _optional(body: dict, key: str, check, default=None):
+    """body[key] checked, or `default` when it is missing or null (as OpenAI and vLLM read null)."""
+    value = body.get(key)
+    return default if value is None else check(value, key)
 
 
-def _prompts(prompt, tokenizer) -> list[list[int]]:
-    if isinstance(prompt, str):
+def _prompts(prompt, tokenizer, limits: Limits) -> list[list[int]]:
+    """The schema's four prompt forms: a string, strings, token ids, lists of token ids; none may be empty."""
+    if isinstance(prompt, str) and prompt:
         return [tokenizer.encode(prompt)]
     if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
-            return [tokenizer.encode(p) for p in prompt]
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            return [list(prompt)]
-        if all(isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
-               for p in prompt):
-            return [list(p) for p in prompt]
-    raise ApiError(400, "prompt must be a string, a list of strings, a list of token ids or a list of lists of "
-                        "token ids, and not empty")
+        if all(integer(t) is not None for t in prompt):
+            return [limits.token_list(prompt, "prompt", min_length=1)]
+        if len(prompt) <= limits.max_sequences:
+            if all(isinstance(p, str) and p for p in prompt):
+                return [tokenizer.encode(p) for p in prompt]
+            if all(isinstance(p, list) for p in prompt):
+                return limits.token_lists(prompt, "prompt", min_length=1)
+    raise schema_error(f"prompt must be a non-empty string, a list of 1 to {limits.max_sequences} non-empty strings, "
+                       f"a list of 1 to {limits.context_length} token ids or a list of 1 to {limits.max_sequences} "
+                       "such lists")
 
 
-async def openai_completions(body: dict, engine, max_k: int, run) -> dict:
+def scoring_temperature(body: dict, limits: Limits) -> float:
+    """The temperature of the returned log-probs: `distillkit_temperature` if given, else `temperature` when it is
+    > 0 (TRL sends its scoring temperature there), else 1 (0 means greedy sampling, and vLLM's log-probs are then
+    the model's own). vLLM itself ignores `temperature` for prompt log-probs: see docs/serve-teacher.md."""
+    own = body.get("distillkit_temperature")
+    if own is not None:
+        return limits.temperature(own, "distillkit_temperature")
+    value = body.get("temperature")
+    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0):
+        return 1.0
+    return limits.temperature(value)
+
+
+async def openai_completions(body: dict, engine, limits: Limits, run) -> dict:
     """vLLM's answer shape: choices[i].prompt_logprobs = [None, {"id": {logprob, rank, decoded_token}}, ...]."""
     from distillkit.serve.engine import ScoreJob
 
     model = body.get("model")
     if model is not None and model != engine.name:
-        raise ApiError(404, f"The model `{model}` does not exist; this server serves `{engine.name}`",
+        raise ApiError(404, f"The model `{short_text(model)}` does not exist; this server serves `{engine.name}`",
                        "not_found_error")
     if "prompt" not in body:
-        raise ApiError(400, "the body lacks 'prompt'")
-    prompts = _prompts(body["prompt"], engine.tokenizer)
-    max_tokens = _opt_int(body, "max_tokens", 16, 0, None)
-    max_tokens = 16 if max_tokens is None else max_tokens  # OpenAI's default
-    logprobs = _opt_int(body, "logprobs", None, 0, max_k)
-    prompt_logprobs = _opt_int(body, "prompt_logprobs", None, 0, max_k)
-    if _opt_int(body, "n", 1, 1, 1) != 1 or body.get("best_of") not in (None, 1) or body.get("stream"):
-        raise ApiError(400, "this server answers n=1, best_of=1, stream=false only")
-    temperature = body.get("distillkit_temperature", 1.0)  # vLLM ignores `temperature` for prompt_logprobs too
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0):
-        raise ApiError(400, f"distillkit_temperature={temperature!r} must be a finite number > 0")
-    echo = bool(body.get("echo", False))
+        raise schema_error("the body lacks 'prompt'")
+    max_tokens = _optional(body, "max_tokens", lambda v, key: limits.int_in(v, key, 0, limits.context_length), 16)
+    logprobs = _optional(body, "logprobs", lambda v, key: limits.int_in(v, key, 0, limits.max_k, MAX_K))
+    prompt_logprobs = _optional(body, "prompt_logprobs", lambda v, key: limits.int_in(v, key, 0, limits.max_k, MAX_K))
+    _optional(body, "n", lambda v, key: limits.int_in(v, key, 1, 1))
+    _optional(body, "best_of", lambda v, key: limits.int_in(v, key, 1, 1))
+    if body.get("stream") not in (None, False) or not isinstance(body.get("echo", False), (bool, type(None))):
+        raise schema_error("stream must be false (this server answers n=1, best_of=1, stream=false only) and echo "
+                           "a boolean")
+    temperature = scoring_temperature(body, limits)
+    echo = bool(body.get("echo"))
+    prompts = _prompts(body["prompt"], engine.tokenizer, limits)
     for i, ids in enumerate(prompts):
         if not ids:
-            raise ApiError(400, f"prompt {i} is empty")
+            raise rule_error(f"prompt {i} is empty after tokenization")
         bad = [t for t in ids if not 0 <= t < engine.vocab_size]
         if bad:
-            raise ApiError(400, f"prompt {i}: token id {bad[0]} lies outside the vocabulary [0, {engine.vocab_size})")
+            raise schema_error(f"prompt {i}: token id {bad[0]} lies outside the vocabulary [0, {engine.vocab_size})")
         if len(ids) + max_tokens > engine.context_length:
-            raise ApiError(400, f"This model's maximum context length is {engine.context_length} tokens. However, "
-                                f"you requested {len(ids) + max_tokens} tokens ({len(ids)} in prompt {i}, "
-                                f"{max_tokens} in the completion).")
+            raise rule_error(f"This model's maximum context length is {engine.context_length} tokens. However, "
+                             f"you requested {len(ids) + max_tokens} tokens ({len(ids)} in prompt {i}, "
+                             f"{max_tokens} in the completion).")
     vocab = engine.vocab_size
     k_prompt = min(prompt_logprobs or 0, vocab)
     k_top = min(logprobs or 0, vocab)
@@ -404,6 +428,11 @@ async def openai_completions(body: dict, engine, max_k: int, run) -> dict:
     }
 
 
+def short_text(value) -> str:
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _top_by_text(ids, lps, k: int, actual: int, actual_lp: float, decode) -> dict:
     """OpenAI's `top_logprobs`: keyed by decoded text, so distinct tokens with the same text collide."""
     top = {decode.token(int(ids[j])): float(lps[j]) for j in range(k)}
@@ -448,7 +477,9 @@ def main(argv: list[str]) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         log.warning("serving on %s without an API key: anyone who reaches this port can use the teacher "
                     "(set --api-key or $%s)", args.host, API_KEY_ENV)
-    app = create_app(engine, max_k=args.max_k, api_key=api_key, max_body_bytes=args.max_body_bytes)
+    app = create_app(engine, max_k=args.max_k, api_key=api_key, max_body_bytes=args.max_body_bytes,
+                     max_sequences=args.max_sequences, request_timeout=args.request_timeout,
+                     body_timeout=args.body_timeout)
     print(f"distillkit serve-teacher: {args.model} on {device} ({engine.vocab_size} vocabulary rows, context "
           f"{engine.context_length}) at http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

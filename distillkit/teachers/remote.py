@@ -1,4 +1,5 @@
-"""`teacher=remote`: a teacher model served over HTTP, by `distillkit serve-teacher` or a stock vLLM server.
+"""`teacher=remote`: a teacher model served over HTTP, by `distillkit serve-teacher`, a stock vLLM server, or TRL's
+`trl vllm-serve` up to TRL 1.9.2.
 
 It answers `topk` and `token` requests (log-probs of the completion positions); it cannot give hidden states, so
 `loss=full` needs an in-process teacher. See docs/serve-teacher.md.
@@ -34,7 +35,7 @@ class RemoteTeacher(Teacher):
                  k_max: int | None = None, model: str | None = None, timeout: float = 300.0,
                  connect_timeout: float = 5.0, retries: int = 3, backoff: float = 0.5,
                  max_tokens_per_request: int = 32768, max_concurrency: int = 4,
-                 approximate_temperature: bool = False):
+                 approximate_temperature: bool = False, deadline: float = 120.0):
         self.url, self.protocol = url, protocol
         self.k_max = k_max
         self.model = None
@@ -45,7 +46,7 @@ class RemoteTeacher(Teacher):
             url, api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
             protocol=protocol, model=model, max_tokens_per_request=max_tokens_per_request,
             max_concurrency=max_concurrency, connect_timeout=connect_timeout, read_timeout=timeout,
-            retries=retries, backoff=backoff, approximate_temperature=approximate_temperature,
+            retries=retries, backoff=backoff, approximate_temperature=approximate_temperature, deadline=deadline,
         )
         self._connected = False
 
@@ -76,6 +77,8 @@ class RemoteTeacher(Teacher):
         except TeacherError as err:
             raise ConfigError(f"teacher=remote: the server at {self.url} refused the start-up check: {err}") from err
         info = self.server_info
+        if self.protocol == "trl":  # serve-teacher applies TRL's temperature; TRL's own (vLLM) server does not
+            self.client.exact_temperature = info is not None
         if info is not None:
             server_k = int(info.get("max_k", 0))
             self.k_max = server_k if self.k_max is None else min(int(self.k_max), server_k)
@@ -121,17 +124,19 @@ class RemoteTeacher(Teacher):
         """Refuse what this teacher cannot answer (call it at start-up with the loss's request); returns the k to
         ask the server for."""
         if request.signal == "hidden":
-            raise ConfigError("teacher=remote cannot give hidden states; use loss=topk or loss=sampled")
+            raise ConfigError("teacher=remote cannot give what loss=full needs (hidden states): a server sends top-k "
+                              "and token log-probs. Use loss=topk or loss=sampled.")
         if request.signal not in self.signals:
             raise ConfigError(f"teacher=remote cannot answer a {request.signal!r} request")
         self.connect()
-        if (self.protocol == "openai" and float(request.temperature) != 1.0
+        if (not self.client.exact_temperature and float(request.temperature) != 1.0
                 and not self.client.approximate_temperature):
             raise ConfigError(
-                f"teacher.protocol=openai gives log-probs at temperature 1 only (vLLM ignores `temperature` for "
-                f"prompt_logprobs) and only the top-k, so method.temperature={request.temperature} cannot be applied "
-                "exactly. Use teacher.protocol=binary with `distillkit serve-teacher`, method.temperature=1, or "
-                "teacher.approximate_temperature=true (renormalizes over the top-k; see docs/serve-teacher.md)."
+                f"teacher.protocol={self.protocol} against {self.url} gives log-probs at temperature 1 only (vLLM "
+                f"ignores `temperature` for prompt_logprobs) and only the top-k, so method.temperature="
+                f"{request.temperature} cannot be applied exactly. Use `distillkit serve-teacher` (which applies it), "
+                "method.temperature=1, or teacher.approximate_temperature=true (renormalizes over the top-k; see "
+                "docs/serve-teacher.md)."
             )
         if request.signal != "topk":
             return 1
@@ -149,7 +154,7 @@ class RemoteTeacher(Teacher):
         sequences, prompt_lengths, keeps = split_rows(batch)
         topk_lp, topk_ids, token_lp = self.client.score(
             sequences, prompt_lengths, k, float(request.temperature),
-            vocab_size=vocab if self.protocol != "openai" else None,
+            vocab_size=vocab if self.protocol in ("binary", "json") else None,
         )
         if any(keep is not None for keep in keeps):  # completion masks with holes: drop the rows in between
             mask = torch.cat([keep if keep is not None else torch.ones(len(s) - p, dtype=torch.bool)
