@@ -127,12 +127,27 @@ def tables(results: Path) -> None:
         print(f"| {ARMS[a]} | {','.join(map(str, seeds))} | {m * 100:+.1f} ± {se * 100:.1f} | "
               f"{m / se if se else math.inf:+.1f} | {per_seed} | {roll} | {frac} | {per_seed_mean} | {reach_nine} |")
 
+    for a in arms:
+        if a == BASELINE:
+            continue
+        seeds = sorted(runs[a])
+        mean_curve = {step: statistics.fmean(curve(runs[a][s])[step] for s in seeds) for step in steps}
+        for target, what in ((base_mean, "the baseline's mean final over these seeds"),
+                             (NINE_SEED_BASELINE, "its 9-seed mean final")):
+            step = next((st for st in steps if st > 0 and mean_curve[st] >= target - 1e-9), None)
+            where = "never" if step is None else f"step {step}, {step * ROLLOUTS_PER_STEP:,} rollouts " \
+                f"({step / final:.2f} of the baseline's)"
+            print(f"\n{ARMS[a]}: its mean curve first reaches {what} ({target * 100:.1f}%) at {where}.", end="")
+        print()
     print("\nTraining-time means over the 150 steps (per arm, mean over seeds):\n")
     print("| arm | " + " | ".join(f"`{k}`" for k in TRAIN_METRICS) + " |")
     print("|---|" + "---|" * len(TRAIN_METRICS))
     for a in arms:
         cells = []
         for k in TRAIN_METRICS:
+            if a == BASELINE and k in ("self_distillation/reprompt_fraction", "self_distillation/feedback_used_fraction"):
+                cells.append("- (w = 0 distills nothing)")
+                continue
             vals = [runs[a][s]["train_means"][k] for s in runs[a] if runs[a][s]["train_means"][k] is not None]
             cells.append(f"{statistics.fmean(vals):.3f}" if vals else "")
         print(f"| {ARMS[a]} | " + " | ".join(cells) + " |")
