@@ -4,13 +4,17 @@
 
 RESULTS_DIR holds teacher.json, student_before.json, gkd_s<SEED>.json, sft_s<SEED>.json and wall_s<SEED>.json.
 Prints every run (nothing is filtered), the mean over seeds with min-max for GKD and SFT, and the wall times.
+Then the equal-steps comparison (RESULTS_DIR/compare/, run_compare.sh): every run, the mean ± standard error
+(sample std / sqrt(n)) per method, and on-policy GKD minus each baseline, paired by seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
+import statistics
 from pathlib import Path
 
 KEYS = ("right", "right_train", "right_held_out", "format", "exact")
@@ -70,6 +74,81 @@ def main() -> None:
         for path in walls:
             wall = load(path)
             print(f"| {wall['seed']} | " + " | ".join(f"{wall['seconds'][s]:.0f}" for s in stages) + " |")
+    compare_tables(args.results / "compare")
+
+
+# run_compare.sh's runs: name -> (label, overrides); the order of the tables
+COMPARE = {
+    "gkd_onpolicy": ("on-policy GKD (λ=1, β=0)", "method.lmbda=1 method.beta=0"),
+    "supervised_kd": ("supervised KD on the data set's completions (λ=0, β=0)", "method.lmbda=0 method.beta=0"),
+    "seq_kd": ("sequence-level KD (teacher samples, β=0)", "method.seq_kd=true method.lmbda=0 method.beta=0"),
+    "sft_gold": ("SFT on the data set's completions", "method=sft"),
+}
+COMPARE_KEYS = (*KEYS, "teacher_kl_after")
+
+
+def mean_se(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.3g}"
+    return f"{mean:.3g} ± {statistics.stdev(values) / math.sqrt(len(values)):.2g}"
+
+
+def percent(values: list[float]) -> str:
+    mean = statistics.fmean(values) * 100
+    if len(values) < 2:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {statistics.stdev(values) * 100 / math.sqrt(len(values)):.1f}"
+
+
+def compare_tables(folder: Path) -> None:
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(folder.glob("*_s*.json")):
+        m = re.fullmatch(r"(.+)_s(\d+)", path.stem)
+        runs.setdefault(m[1], {})[int(m[2])] = json.loads(path.read_text())
+    if not runs:
+        return
+    names = [n for n in COMPARE if n in runs]
+    print()
+    print("Equal-steps comparison (run_compare.sh; results/compare/): every run")
+    print("| method | seed | steps | right, all 81 | train facts (60) | held-out facts (21) | teacher's format | "
+          "exact | KL(T‖S) before -> after | run s | training loop s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in names:
+        for seed, r in sorted(runs[n].items()):
+            print(f"| {COMPARE[n][0]} | {seed} | {r['steps']} | " + " | ".join(f"{r[k]:.1%}" for k in KEYS)
+                  + f" | {r['teacher_kl_before']:.2f} -> {r['teacher_kl_after']:.3f} | {r['run_seconds']:.0f} | "
+                  f"{r['train_loop_seconds']} |")
+    print()
+    print("Mean ± standard error over seeds (%; KL in nats per token):")
+    print("| method | overrides | seeds | right, all 81 | train facts (60) | held-out facts (21) | teacher's format | "
+          "exact | KL(T‖S) after | run s | training loop s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in names:
+        rs = [runs[n][s] for s in sorted(runs[n])]
+        cells = [percent([r[k] for r in rs]) for k in KEYS]
+        print(f"| {COMPARE[n][0]} | `{COMPARE[n][1]}` | {','.join(map(str, sorted(runs[n])))} | " + " | ".join(cells)
+              + f" | {mean_se([r['teacher_kl_after'] for r in rs])} | "
+              f"{statistics.fmean(r['run_seconds'] for r in rs):.0f} | "
+              f"{statistics.fmean(r['train_loop_seconds'] for r in rs):.0f} |")
+    if "gkd_onpolicy" not in runs:
+        return
+    print()
+    print("On-policy GKD minus each baseline, paired by seed (points, or nats for the KL; s.e. of the per-seed "
+          "differences):")
+    print("| baseline | seeds | right, all 81 | in s.e. | KL(T‖S) after |")
+    print("|---|---|---|---|---|")
+    for n in names[1:]:
+        seeds = sorted(set(runs[n]) & set(runs["gkd_onpolicy"]))
+        if not seeds:
+            continue
+        diff = [(runs["gkd_onpolicy"][s]["right"] - runs[n][s]["right"]) * 100 for s in seeds]
+        kl = [runs["gkd_onpolicy"][s]["teacher_kl_after"] - runs[n][s]["teacher_kl_after"] for s in seeds]
+        m = statistics.fmean(diff)
+        se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+        ratio = f"{m / se:+.1f}" if se and not math.isnan(se) else ("0 (all equal)" if m == 0 else "")
+        print(f"| {COMPARE[n][0]} | {','.join(map(str, seeds))} | {m:+.1f} ± {se:.1f} | {ratio} | "
+              f"{statistics.fmean(kl):+.3f} |")
 
 
 if __name__ == "__main__":
