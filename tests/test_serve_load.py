@@ -198,7 +198,11 @@ def test_a_burst_of_200_requests_is_answered_in_few_forwards(server):
         answers = list(pool.map(send, range(200)))
     assert all(a.status_code == 200 for a in answers)
     first = answers[0].json()
-    assert all(a.json() == first for a in answers)
+    for answer in answers:  # the same sequence in batches of different sizes: equal up to float rounding
+        got = answer.json()
+        assert got["topk_ids"] == first["topk_ids"]
+        for key in ("topk_logprobs", "token_logprobs"):
+            torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(first[key]), rtol=1e-5, atol=1e-5)
     after = metrics(server)
     assert after["requests"] - before["requests"] == 200
     forwards = after["forwards"] - before["forwards"]
