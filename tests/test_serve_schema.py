@@ -22,6 +22,7 @@ ST = Path(sys.executable).parent / "st"
 CONFIG = Path(__file__).parent / "schemathesis.toml"
 
 
+@pytest.mark.slow  # ~25 s: the slow tier, so the README's test command stays well under 5 minutes
 def test_the_server_passes_schemathesis(tmp_path):
     model = make_tiny_model(tmp_path / "teacher", hidden=64, seed=3)
     proc, url, log = start_server(model, "--max-k", "8", "--max-sequences", "8", "--api-key", "key-1")
