@@ -5,7 +5,8 @@
 RESULTS_DIR holds teacher.json, student_before.json, gkd_s<SEED>.json, sft_s<SEED>.json and wall_s<SEED>.json.
 Prints every run (nothing is filtered), the mean over seeds with min-max for GKD and SFT, and the wall times.
 Then the equal-steps comparison (RESULTS_DIR/compare/, run_compare.sh): every run, the mean ± standard error
-(sample std / sqrt(n)) per method, and on-policy GKD minus each baseline, paired by seed.
+(sample std / sqrt(n)) per method, and each GKD arm minus each baseline (and minus on-policy GKD with β=0),
+paired by seed.
 """
 
 from __future__ import annotations
@@ -80,10 +81,15 @@ def main() -> None:
 # run_compare.sh's runs: name -> (label, overrides); the order of the tables
 COMPARE = {
     "gkd_onpolicy": ("on-policy GKD (λ=1, β=0)", "method.lmbda=1 method.beta=0"),
+    "gkd_onpolicy_b05": ("on-policy GKD (λ=1, β=0.5)", "method.lmbda=1 method.beta=0.5"),
+    "gkd_onpolicy_b1": ("on-policy GKD (λ=1, β=1)", "method.lmbda=1 method.beta=1"),
+    "gkd_mixed": ("mixed GKD (λ=0.5, β=0)", "method.lmbda=0.5 method.beta=0"),
     "supervised_kd": ("supervised KD on the data set's completions (λ=0, β=0)", "method.lmbda=0 method.beta=0"),
     "seq_kd": ("sequence-level KD (teacher samples, β=0)", "method.seq_kd=true method.lmbda=0 method.beta=0"),
     "sft_gold": ("SFT on the data set's completions", "method=sft"),
+    "sft_teacher": ("SFT on the teacher's samples", "method=sft method.completions=teacher"),
 }
+GKD = ("gkd_onpolicy", "gkd_onpolicy_b05", "gkd_onpolicy_b1", "gkd_mixed")  # each minus each baseline
 COMPARE_KEYS = (*KEYS, "teacher_kl_after")
 
 
@@ -131,25 +137,28 @@ def compare_tables(folder: Path) -> None:
               + f" | {mean_se([r['teacher_kl_after'] for r in rs])} | "
               f"{statistics.fmean(r['run_seconds'] for r in rs):.0f} | "
               f"{statistics.fmean(r['train_loop_seconds'] for r in rs):.0f} |")
-    if "gkd_onpolicy" not in runs:
+    gkd = [n for n in GKD if n in runs]
+    if not gkd:
         return
     print()
-    print("On-policy GKD minus each baseline, paired by seed (points, or nats for the KL; s.e. of the per-seed "
+    print("Each GKD arm minus each baseline, paired by seed (points, or nats for the KL; s.e. of the per-seed "
           "differences):")
-    print("| baseline | seeds | right, all 81 | in s.e. | KL(T‖S) after |")
-    print("|---|---|---|---|---|")
-    for n in names[1:]:
-        seeds = sorted(set(runs[n]) & set(runs["gkd_onpolicy"]))
-        if not seeds:
-            continue
-        diff = [(runs["gkd_onpolicy"][s]["right"] - runs[n][s]["right"]) * 100 for s in seeds]
-        kl = [runs["gkd_onpolicy"][s]["teacher_kl_after"] - runs[n][s]["teacher_kl_after"] for s in seeds]
-        m = statistics.fmean(diff)
-        se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
-        ratio = f"{m / se:+.1f}" if se and not math.isnan(se) else ("0 (all equal)" if m == 0 else "")
-        print(f"| {COMPARE[n][0]} | {','.join(map(str, seeds))} | {m:+.1f} ± {se:.1f} | {ratio} | "
-              f"{statistics.fmean(kl):+.3f} |")
-
+    print("| GKD arm | baseline | seeds | right, all 81 | in s.e. | KL(T‖S) after |")
+    print("|---|---|---|---|---|---|")
+    for g in gkd:
+        for n in names:
+            if n in GKD and not (n == "gkd_onpolicy" and g != n):  # the other GKD arms against β=0 too
+                continue
+            seeds = sorted(set(runs[n]) & set(runs[g]))
+            if not seeds:
+                continue
+            diff = [(runs[g][s]["right"] - runs[n][s]["right"]) * 100 for s in seeds]
+            kl = [runs[g][s]["teacher_kl_after"] - runs[n][s]["teacher_kl_after"] for s in seeds]
+            m = statistics.fmean(diff)
+            se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+            ratio = f"{m / se:+.1f}" if se and not math.isnan(se) else ("0 (all equal)" if m == 0 else "")
+            print(f"| {COMPARE[g][0]} | {COMPARE[n][0]} | {','.join(map(str, seeds))} | {m:+.1f} ± {se:.1f} | "
+                  f"{ratio} | {statistics.fmean(kl):+.3f} |")
 
 if __name__ == "__main__":
     main()
