@@ -115,6 +115,16 @@ def prepare(cfg: DictConfig) -> Prepared:
         check_rollout_servers(cfg.generation, on_cuda=resolve_device(cfg.device).type == "cuda")
     teacher.check_request(request)
     vocab_size = teacher.shared_vocab_size(tokenizer, student_config)  # a server is asked; a model's config read
+    max_prompt_length = prompt_budget(cfg, teacher, student_config)
+    method.prompts_per_step(cfg.train.batch_size * cfg.train.gradient_accumulation_steps)  # whole groups only
+    train_rows, eval_rows = prepare_data(cfg, tokenizer, max_prompt_length, method)
+    teacher.check_rows(train_rows, "training")
+    teacher.check_rows(eval_rows, "evaluation")
+    return Prepared(method, teacher, tokenizer, vocab_size, train_rows, eval_rows)
+
+
+def prompt_budget(cfg: DictConfig, teacher: Teacher, student_config) -> int:
+    """The longest prompt that leaves room for `train.max_completion_length` in both models' contexts."""
     contexts = [c for c in (teacher.context_length, context_length(student_config)) if c]
     max_prompt_length = (min(contexts) if contexts else 10**9) - cfg.train.max_completion_length
     if max_prompt_length < 1:
@@ -122,11 +132,7 @@ def prepare(cfg: DictConfig) -> Prepared:
             f"train.max_completion_length={cfg.train.max_completion_length} leaves no room for a prompt in a "
             f"{min(contexts)}-token context. Lower it."
         )
-    method.prompts_per_step(cfg.train.batch_size * cfg.train.gradient_accumulation_steps)  # whole groups only
-    train_rows, eval_rows = prepare_data(cfg, tokenizer, max_prompt_length, method)
-    teacher.check_rows(train_rows, "training")
-    teacher.check_rows(eval_rows, "evaluation")
-    return Prepared(method, teacher, tokenizer, vocab_size, train_rows, eval_rows)
+    return max_prompt_length
 
 
 def prepare_data(cfg: DictConfig, tokenizer, max_prompt_length: int, method: Method):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from distillkit.batch import collate
 from distillkit.cache.format import ENCODINGS, Chunk, encode_chunk, sequence_key
@@ -26,8 +27,9 @@ from distillkit.cache.store import FORMAT, MANIFEST, SETTINGS, chunk_name, write
 from distillkit.data.loading import encode_completion, encode_prompt, load_split, require_columns, tokenize
 from distillkit.errors import ConfigError
 from distillkit.losses.base import TeacherRequest
-from distillkit.models import context_length, load_model_config, load_tokenizer
+from distillkit.models import load_model_config, load_tokenizer
 from distillkit.serve.protocol import tokenizer_hash
+from distillkit.teachers.members import member_identity
 from distillkit.validation import choice, resolve_device
 
 SCORING_TEACHERS = ("live", "remote")
@@ -60,15 +62,10 @@ def main(argv: list[str]) -> int:
 
 def recording_settings(cfg, args, k: int) -> dict:
     """What the cache's contents depend on: a resumed recording must match it."""
-    return {"teacher": identity(cfg), "k": k, "temperature": float(cfg.method.temperature), "encoding": args.encoding,
+    teacher = member_identity({"kind": choice(cfg, "teacher"), **OmegaConf.to_container(cfg.teacher, resolve=True)})
+    return {"teacher": teacher, "k": k, "temperature": float(cfg.method.temperature), "encoding": args.encoding,
             "data": data_description(cfg), "teacher_samples": args.teacher_samples,
             "chunk_sequences": args.chunk_sequences, "student": str(cfg.model.student)}
-
-
-def identity(cfg) -> dict:
-    kind = choice(cfg, "teacher")
-    source = cfg.teacher.model if kind == "live" else cfg.teacher.url
-    return {"kind": kind, "source": str(source), "dtype": str(cfg.teacher.get("dtype", ""))}
 
 
 def data_description(cfg) -> dict:
@@ -77,7 +74,7 @@ def data_description(cfg) -> dict:
 
 
 def record(args: argparse.Namespace) -> str:
-    from distillkit.assembly import build_object
+    from distillkit.assembly import build_object, prompt_budget
     from distillkit.cli import compose_config
     from distillkit.validation import validate
 
@@ -103,8 +100,7 @@ def record(args: argparse.Namespace) -> str:
     student_config = load_model_config(cfg.model.student, cfg.model.trust_remote_code)
     vocab_size = teacher.shared_vocab_size(tokenizer, student_config)
     teacher.check_request(request)
-    contexts = [c for c in (teacher.context_length, context_length(student_config)) if c]
-    max_prompt = (min(contexts) if contexts else 10**9) - cfg.train.max_completion_length
+    max_prompt = prompt_budget(cfg, teacher, student_config)
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / SETTINGS, json.dumps(settings, indent=1).encode())
     start = time.perf_counter()

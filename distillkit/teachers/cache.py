@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from distillkit.batch import SequenceBatch
 from distillkit.cache.format import sequence_key
@@ -23,7 +22,7 @@ from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.models import embedding_rows
 from distillkit.serve.protocol import tokenizer_hash
 from distillkit.strategies import Strategy
-from distillkit.teachers.members import member_config
+from distillkit.teachers.members import build_member, member_config
 from distillkit.teachers.remote import split_rows
 from distillkit.teachers.router import merge_tokens
 from distillkit.teachers.teacher import Teacher, TeacherDescription
@@ -36,8 +35,6 @@ class CacheTeacher(Teacher):
     can_generate = False
 
     def __init__(self, path: str, fallback: Mapping | None = None):
-        from distillkit.assembly import build_object  # the assembly imports the teachers package
-
         self.path = Path(path)
         try:
             self.manifest = read_manifest(self.path)
@@ -47,11 +44,7 @@ class CacheTeacher(Teacher):
         self.k_max = int(self.manifest["k"])
         self.fallback: Teacher | None = None
         if fallback is not None:
-            config = member_config("fallback", fallback, where="teacher")
-            try:
-                self.fallback = build_object(OmegaConf.create({k: v for k, v in config.items() if k != "kind"}))
-            except ConfigError as err:
-                raise ConfigError(f"teacher.fallback: {err}") from None
+            self.fallback = build_member("teacher.fallback", member_config("fallback", fallback, where="teacher"))
         self.scores: CachedScores | None = None
         self.hits, self.misses = 0, 0
 
@@ -90,7 +83,7 @@ class CacheTeacher(Teacher):
         """Every fixed completion the run will score must be in the cache, unless a fallback scores the rest."""
         if self.fallback is not None:
             return
-        known = self.recorded_keys()
+        known = self.loaded().where
         with_completions = [r for r in rows if "completion_ids" in r]
         missing = sum(sequence_key(r["prompt_ids"], r["completion_ids"]) not in known for r in with_completions)
         if missing:
@@ -100,13 +93,14 @@ class CacheTeacher(Teacher):
                 "settings (the same data.* overrides), or set teacher.fallback={kind: live, model: TEACHER} to score "
                 "the rest.")
 
-    def recorded_keys(self) -> set[bytes]:
+    def loaded(self) -> CachedScores:
+        """The recorded scores, read from disk once (at the start-up checks)."""
         if self.scores is None:
             self.scores = load_cache(self.path)
-        return set(self.scores.where)
+        return self.scores
 
     def setup(self, device: torch.device, vocab_size: int, student: torch.nn.Module | None) -> None:
-        self.recorded_keys()
+        self.loaded()
         self.vocab_size = vocab_size
         if self.fallback is not None:
             self.fallback.setup(device, vocab_size, student)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
 from distillkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distillkit.teachers.teacher import Teacher
 
 CONF_TEACHERS = Path(__file__).resolve().parents[2] / "conf" / "teacher"
 MEMBER_KINDS = ("live", "remote", "cache")
@@ -33,3 +37,13 @@ def member_identity(config: dict) -> dict:
     """What a checkpoint records of a named teacher: its kind, where its scores come from, and its dtype."""
     kind = config["kind"]
     return {"kind": kind, "source": str(config.get(SOURCE_KEYS[kind])), "dtype": str(config.get("dtype", ""))}
+
+
+def build_member(name: str, config: dict) -> Teacher:
+    """The teacher a `member_config` describes; its ConfigError prefixed with `name` (the setting it came from)."""
+    from distillkit.assembly import build_object  # the assembly imports the teachers package
+
+    try:
+        return build_object(OmegaConf.create({k: v for k, v in config.items() if k != "kind"}))
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err}") from None

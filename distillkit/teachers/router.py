@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import torch
-from omegaconf import OmegaConf
 
 from distillkit.batch import SequenceBatch
 from distillkit.errors import ConfigError
 from distillkit.losses.base import TeacherRequest, TeacherTokens
 from distillkit.strategies import DataParallel, Strategy
 from distillkit.teachers.in_process import InProcessTeacher
-from distillkit.teachers.members import member_config, member_identity
+from distillkit.teachers.members import build_member, member_config, member_identity
 from distillkit.teachers.teacher import Teacher
 
 
@@ -31,20 +31,14 @@ class RouterTeacher(Teacher):
     can_generate = False  # seq_kd would need sampling routed by row too; refused by the method's check
 
     def __init__(self, teachers: Mapping[str, Mapping], route_column: str = "teacher_id"):
-        from distillkit.assembly import build_object  # the assembly imports the teachers package
-
         if not teachers:
             raise ConfigError("teacher=router needs at least one entry in teacher.teachers, e.g. "
                               "teacher.teachers={math: {kind: live, model: PATH}, code: {kind: remote, url: URL}}.")
         self.route_column = route_column
         configs = {str(tid): member_config(str(tid), entry) for tid, entry in teachers.items()}
         self.identities = {tid: member_identity(c) for tid, c in configs.items()}
-        self.members: dict[str, Teacher] = {}
-        for tid, config in configs.items():
-            try:
-                self.members[tid] = build_object(OmegaConf.create({k: v for k, v in config.items() if k != "kind"}))
-            except ConfigError as err:
-                raise ConfigError(f"teacher.teachers.{tid}: {err}") from None
+        self.members: dict[str, Teacher] = {tid: build_member(f"teacher.teachers.{tid}", config)
+                                             for tid, config in configs.items()}
         self.signals = tuple(s for s in ("topk", "token") if all(s in m.signals for m in self.members.values()))
         limits = [m.k_max for m in self.members.values() if m.k_max is not None]
         self.k_max = min(limits) if limits else None
@@ -89,10 +83,8 @@ class RouterTeacher(Teacher):
             raise ConfigError(f"teacher=router routes by the column {self.route_column!r}, which {missing} {where} "
                               f"rows lack. Add it to the data, map it with data.columns, or set "
                               f"teacher.route_column.")
-        counts: dict[str, int] = {}
-        for row in rows:
-            if str(row[self.route_column]) not in self.members:
-                counts[str(row[self.route_column])] = counts.get(str(row[self.route_column]), 0) + 1
+        counts = Counter(str(row[self.route_column]) for row in rows)
+        counts = {tid: n for tid, n in counts.items() if tid not in self.members}
         if counts:
             found = ", ".join(f"{tid!r} ({n} rows)" for tid, n in sorted(counts.items()))
             raise ConfigError(f"{where} rows name teachers that teacher.teachers does not define: {found}. "
