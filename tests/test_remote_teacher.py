@@ -45,9 +45,10 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    proc, url, log = start_server(model_dir, "--max-k", "16")
+    server = start_server(model_dir, "--max-k", "16")
+    url = server.url
     yield url
-    stop_server(proc, log)
+    stop_server(server)
 
 
 @pytest.fixture(scope="module")

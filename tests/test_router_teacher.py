@@ -74,7 +74,8 @@ def test_each_row_is_scored_by_its_teacher(compose):
 def test_the_routed_teachers_may_be_a_cache_and_a_server(compose, tmp_path):
     """`add` from a recording of the addition teacher, `sub` from `distillkit serve-teacher` serving the other."""
     shutil.copytree(SUB, tmp_path / "sub")
-    proc, url, log = start_server(tmp_path / "sub", "--max-k", "16")
+    server = start_server(tmp_path / "sub", "--max-k", "16")
+    url = server.url
     try:
         data = ["data.train=arithmetic_routed", "data.eval=arithmetic_routed", "data.num_train=64", "data.num_eval=32"]
         assert cache_teacher([str(tmp_path / "cache"), f"teacher.model={ADD}", f"model.student={STUDENT}", *data,
@@ -98,7 +99,7 @@ def test_the_routed_teachers_may_be_a_cache_and_a_server(compose, tmp_path):
             start += n
         assert parts.teacher.state_dict()["teachers"]["sub"] == {"kind": "remote", "source": url, "dtype": ""}
     finally:
-        stop_server(proc, log)
+        stop_server(server)
 
 
 def test_step_logs_each_teachers_tokens(compose):

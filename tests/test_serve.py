@@ -7,21 +7,18 @@ concurrent clients, every refusal (4xx, and the server stays up), and the API ke
 
 from __future__ import annotations
 
-import inspect
 import json
-import os
 import struct
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+import server_process
 import torch
-from launch import free_port
+from server_process import ServerProcess, free_port
 from tiny_models import make_tiny_model
 
 from distillkit.batch import collate
@@ -36,45 +33,23 @@ CONTEXT = 64
 
 
 def start_server(model_dir: Path, *args: str, env: dict | None = None, timeout: float = 150.0,
-                 port: int | None = None):
+                 port: int | None = None) -> ServerProcess:
     """Start `python -m distillkit.cli serve-teacher` on a (free) loopback port and wait for /health."""
     port = port or free_port()
-    log = open(model_dir.parent / f"server-{port}.log", "w+")  # noqa: SIM115 (closed by stop_server)
-    proc = subprocess.Popen(
+    server = server_process.start(
         [sys.executable, "-m", "distillkit.cli", "serve-teacher", "--model", str(model_dir), "--port", str(port),
-         "--log-level", "warning", *args],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"the teacher server exited with {proc.returncode}:\n{log.read()}")
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url, log
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the teacher server did not answer /health within {timeout}s")
+         "--log-level", "warning", *args], port, model_dir.parent / f"server-{port}.log", env)
+    server_process.wait_healthy(server, timeout)
+    return server
 
 
-def stop_server(proc, log) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+def stop_server(server: ServerProcess) -> None:
+    server_process.stop(server, grace=15)
 
 
 def live_teacher(model_dir: Path, vocab_size: int = VOCAB) -> LiveTeacher:
     teacher = LiveTeacher(model=str(model_dir))
-    extra = {"student": None} if "student" in inspect.signature(teacher.setup).parameters else {}
-    teacher.setup(torch.device("cpu"), vocab_size, **extra)
+    teacher.setup(torch.device("cpu"), vocab_size, None)
     return teacher
 
 
@@ -92,10 +67,10 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    proc, url, log = start_server(model_dir, "--api-key", API_KEY, "--max-k", "8", "--batch-window-ms", "30",
-                                  "--max-body-bytes", "65536", "--max-sequences", "8")
-    yield url
-    stop_server(proc, log)
+    server = start_server(model_dir, "--api-key", API_KEY, "--max-k", "8", "--batch-window-ms", "30",
+                          "--max-body-bytes", "65536", "--max-sequences", "8")
+    yield server.url
+    stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -335,9 +310,10 @@ def test_bad_binary_and_oversized_requests(server, auth):
 @pytest.fixture(scope="module")
 def open_server(model_dir):
     """No API key: TRL's clients send none."""
-    proc, url, log = start_server(model_dir, "--max-k", "8")
+    server = start_server(model_dir, "--max-k", "8")
+    url = server.url
     yield url
-    stop_server(proc, log)
+    stop_server(server)
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,10 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model_dir):
     """Default limits, but a short body timeout for the slow-client test."""
-    proc, url, log = start_server(model_dir, "--max-k", "8", "--batch-window-ms", "20", "--body-timeout", "5")
+    server = start_server(model_dir, "--max-k", "8", "--batch-window-ms", "20", "--body-timeout", "5")
+    url = server.url
     yield url
-    stop_server(proc, log)
+    stop_server(server)
 
 
 def metrics(url: str) -> dict:
@@ -45,8 +46,9 @@ def test_a_small_request_is_not_starved_by_a_large_one_which_meets_its_deadline(
 
     The large request is sized far beyond any machine's reach within the deadline (3,750 batches in 1 s would need
     0.27 ms per forward pass); stop 20's 240,000 tokens within 4 s was answered in time on a fast CI machine."""
-    proc, url, log = start_server(model_dir, "--max-batch-tokens", "256", "--batch-window-ms", "0",
-                                  "--request-timeout", "1")
+    server = start_server(model_dir, "--max-batch-tokens", "256", "--batch-window-ms", "0",
+                          "--request-timeout", "1")
+    url = server.url
     try:
         n = 16000
         big = {"sequences": [[5 + i % 10] * 60 for i in range(n)], "prompt_lengths": [1] * n, "k": 4,
@@ -84,7 +86,7 @@ def test_a_small_request_is_not_starved_by_a_large_one_which_meets_its_deadline(
         assert requests.post(url + "/v1/score", json={"sequences": [[5, 6, 7]], "prompt_lengths": [1], "k": 2,
                                                       "temperature": 1.0}).status_code == 200
     finally:
-        stop_server(proc, log)
+        stop_server(server)
 
 
 def test_partial_bodies_time_out_and_the_server_keeps_serving(server):

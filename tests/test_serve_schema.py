@@ -25,7 +25,8 @@ CONFIG = Path(__file__).parent / "schemathesis.toml"
 @pytest.mark.slow  # ~25 s: the slow tier, so the README's test command stays well under 5 minutes
 def test_the_server_passes_schemathesis(tmp_path):
     model = make_tiny_model(tmp_path / "teacher", hidden=64, seed=3)
-    proc, url, log = start_server(model, "--max-k", "8", "--max-sequences", "8", "--api-key", "key-1")
+    server = start_server(model, "--max-k", "8", "--max-sequences", "8", "--api-key", "key-1")
+    url = server.url
     try:
         done = subprocess.run(
             [str(ST), "--config-file", str(CONFIG), "run", f"{url}/openapi.json", "--checks", "all",
@@ -33,6 +34,6 @@ def test_the_server_passes_schemathesis(tmp_path):
              "--request-timeout", "30"],
             capture_output=True, text=True, timeout=300, cwd=tmp_path)  # st keeps a cache in its working folder
     finally:
-        stop_server(proc, log)
+        stop_server(server)
     assert done.returncode == 0 and "No issues found" in done.stdout, done.stdout[-8000:] + done.stderr[-2000:]
     assert "7 selected / 7 total" in done.stdout

@@ -67,9 +67,10 @@ class FreezingProxy:
 
 @pytest.fixture(scope="module")
 def teacher_url(tiny_pair):
-    proc, url, log = start_server(tiny_pair[1])
+    server = start_server(tiny_pair[1])
+    url = server.url
     yield url
-    stop_server(proc, log)
+    stop_server(server)
 
 
 def train(tiny_pair, url: str, out, steps: int = 3, timeout: float = 240) -> subprocess.CompletedProcess:

