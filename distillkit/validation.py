@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -72,13 +73,20 @@ def validate(cfg: DictConfig) -> None:
         check_async_generation(cfg, strategy)
     check_device(cfg)
     check_liger(cfg)
-    if choice(cfg, "generation") == "vllm":
-        if not strategy.feeds_colocated_vllm:
+    generation = choice(cfg, "generation")
+    if generation == "vllm":
+        if not strategy.holds_whole_weights:
             raise ConfigError(
                 f"generation=vllm with distributed.strategy={strategy.name} is not supported yet: the colocated engine "
                 "needs the student's whole weights after every step. Use generation=hf, or distributed.strategy=ddp."
             )
         require_vllm()
+    if generation == "vllm_server" and not strategy.holds_whole_weights:
+        raise ConfigError(
+            f"generation=vllm_server with distributed.strategy={strategy.name} is not supported yet: the first process "
+            "pushes the student's whole weights to the servers, and this strategy shards them over the processes. "
+            "Use distributed.strategy=ddp (or deepspeed at ZeRO stage 2), or generation=hf."
+        )
     strategy.check_config(cfg)
 
 
@@ -91,6 +99,12 @@ def check_async_generation(cfg: DictConfig, strategy) -> None:
             f"train.async_generation=true samples with generation=hf from a copy of the student, or with "
             f"generation=vllm_server; generation={generation} is an engine in this process that does not overlap "
             "with the step yet. Use generation=hf or generation=vllm_server, or train.async_generation=false."
+        )
+    if generation == "vllm_server" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "train.async_generation=true with generation=vllm_server and several training processes: each push and "
+            "each generation ends with a collective (so every process stops together on a failed server), which a "
+            "background sampler would interleave with the step's. Use one process, or train.async_generation=false."
         )
     if generation == "vllm_server" and int(cfg.generation.sync_every) != 1:
         raise ConfigError(

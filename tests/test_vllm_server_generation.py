@@ -269,6 +269,38 @@ def test_end_to_end_run(server_cfg, tmp_path):
     assert summary.steps == 2 and (tmp_path / "final_model" / "model.safetensors").exists()
 
 
+def test_two_training_processes_share_the_servers(tiny_pair, servers, server_cfg, tmp_path):
+    """ddp over two gloo processes: the first pushes (through the checkpoint folder), each samples its own prompts
+    from both servers. Pushes are lazy, so after 3 steps the servers hold the weights of the step-2 checkpoint."""
+    from launch import cli
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distillkit.checkpoint import load_checkpoint
+
+    student, teacher = tiny_pair
+    urls = [server.url for server in servers]
+    before = [request_counts(url)["requests"] for url in urls]
+    cli([f"model.student={student}", f"teacher.model={teacher}", "generation=vllm_server",
+         f"generation.urls=[{','.join(urls)}]", "method.lmbda=1", "train.batch_size=4", "train.steps=3",
+         "train.save_every=1", "train.keep_checkpoints=3", "train.eval_every=0", "train.lr=5e-2",
+         "train.warmup_steps=0", "train.max_completion_length=5", "data.num_train=64", "data.num_eval=8",
+         "tracking.enabled=false"], tmp_path, processes=2)
+    # 2 processes x 4 prompts x 3 steps, each process's 4 split 2 + 2 over the servers: 12 requests each
+    assert [request_counts(url)["requests"] - b for url, b in zip(urls, before, strict=True)] == [12.0, 12.0]
+
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = AutoModelForCausalLM.from_pretrained(student)
+    rows = prepare(server_cfg()).train_rows[:16]
+    initial = greedy(HFGenerator(max_completion_length=5).bind(model, tokenizer), rows)
+    model.load_state_dict(load_checkpoint(tmp_path / "checkpoints" / "step_00000002")["model"])
+    step_2 = greedy(HFGenerator(max_completion_length=5).bind(model, tokenizer), rows)
+    assert step_2 != initial  # the updates changed greedy outputs, so a server left behind would show
+    eos = tokenizer.eos_token_id
+    for url in urls:
+        served = served_greedy_with_openai(url, rows, 5)
+        assert [s[: s.index(eos) + 1] if eos in s else s for s in served] == step_2, url
+
+
 def test_a_server_killed_mid_run_stops_it_with_exit_3_and_a_checkpoint_then_it_resumes(tiny_pair, servers,
                                                                                        tmp_path):
     """Last in the file: it kills the second server."""

@@ -36,10 +36,17 @@ def test_refused_before_loading(compose_cfg, overrides, words):
         prepare(server_cfg(compose_cfg, *overrides))
 
 
-def test_more_than_one_training_process_is_refused(compose_cfg, monkeypatch):
+def test_a_sharding_strategy_is_refused(compose_cfg):
+    """The first process pushes the whole weights: FSDP2 would have to gather them every step (not built)."""
+    with pytest.raises(ConfigError, match="distributed.strategy=fsdp2 is not supported yet: the first process pushes"):
+        prepare(server_cfg(compose_cfg, "distributed.strategy=fsdp2"))
+
+
+def test_async_generation_under_several_processes_is_refused(compose_cfg, monkeypatch):
+    """Each push and generation ends with a collective, which a background sampler would interleave."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="one training process"):
-        prepare(server_cfg(compose_cfg))
+    with pytest.raises(ConfigError, match="several training processes"):
+        prepare(server_cfg(compose_cfg, "train.async_generation=true"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")

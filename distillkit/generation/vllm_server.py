@@ -10,18 +10,24 @@ After every `sync_every` optimizer steps the weights are marked stale, and pushe
 server that dies during a push fails the next step before its update, which the runner checkpoints as it was and
 exits with code 3 (as for a teacher server). The push pauses each server, moves the weights (vLLM's NCCL backend,
 or a checkpoint folder the servers reload), resets its prefix cache and resumes it. See docs/generation.md.
+
+Under several training processes (ddp, or DeepSpeed ZeRO-2: each holds the whole student) the first process pushes
+and every process then samples its own prompts. The rollout generator is called at the same points on every process
+(once per step that samples, from a plan drawn from (seed, step)), so each push and each generation ends with one
+collective: every process learns whether any of them met a failed server and raises the same error together,
+which lets the runner's checkpoint (itself collective) be written instead of leaving the others waiting.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 import torch
 
+from distillkit.distributed import all_reduce_sum, is_distributed
 from distillkit.errors import ConfigError
 from distillkit.generation.generator import Generator
 from distillkit.generation.hf import cut_at_eos, end_token_ids
@@ -63,9 +69,6 @@ def check_rollout_servers(gen_cfg, on_cuda: bool) -> None:
                           "'generation.urls=[http://127.0.0.1:8000]'.")
     if int(gen_cfg.sync_every) < 1:
         raise ConfigError(f"generation.sync_every={gen_cfg.sync_every} must be >= 1.")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("generation=vllm_server runs in one training process for now (every process would push "
-                          "the weights). Launch one process, or use generation=hf.")
     if transfer_backend(gen_cfg.weight_transfer, on_cuda) == "nccl" and importlib.util.find_spec("vllm") is None:
         raise ConfigError(NCCL_NEEDS_VLLM)
     for url in urls:
@@ -110,7 +113,8 @@ class VLLMServerGenerator(Generator):
         self.servers = [RolloutServer(url, timeout, connect_timeout, retries, backoff, pool_size=self.max_concurrency)
                         for url in self.urls]
         self.pools: list[ThreadPoolExecutor] = []
-        self.transfer = None  # CheckpointPush or NCCLPush, made at the first bind
+        self.transfer = None  # CheckpointPush or NCCLPush, made at the first bind (on the pushing process only)
+        self.pushes = True  # this process pushes the weights: the first of the run's processes
         self.model = None
         self.stale = False  # the bound module's weights changed since the servers last took them
         self._updates = 0
@@ -120,11 +124,13 @@ class VLLMServerGenerator(Generator):
         architecture, a folder it cannot read, no weight-transfer config) is a ConfigError at start-up."""
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = end_token_ids(model, tokenizer)  # the same stops as generation=hf
-        if self.transfer is None:
+        if not self.pools:
             for server in self.servers:
                 server.connect()
             self.pools = [ThreadPoolExecutor(self.max_concurrency) for _ in self.servers]
-            self.transfer = self.start_transfer(next(model.parameters()).is_cuda)
+            self.pushes = not is_distributed() or torch.distributed.get_rank() == 0
+            if self.pushes:
+                self.transfer = self.start_transfer(next(model.parameters()).is_cuda)
         try:
             self.push_weights()
         except RolloutServerError as err:
@@ -155,6 +161,28 @@ class VLLMServerGenerator(Generator):
                 "VLLM_SERVER_DEV_MODE=1 on GPUs this process can reach over NCCL (generation.nccl_master_address).")
 
     def push_weights(self) -> None:
+        """The first process pushes; all of them return together, each raising if the push failed."""
+        failure = None
+        if self.pushes:
+            try:
+                self.push_from_here()
+            except RolloutServerError as err:
+                failure = err
+        self.raise_together(failure, "the weight push from the first training process")
+        self.stale = False
+
+    def raise_together(self, failure: RolloutServerError | None, what: str) -> None:
+        """One collective under several processes: if any process failed, every process raises."""
+        failed = failure is not None
+        if is_distributed():
+            failed = all_reduce_sum(float(failed), next(self.model.parameters()).device) > 0
+        if failure is not None:
+            raise failure
+        if failed:
+            raise RolloutServerError(f"{what} failed on another training process (its log has the reason). "
+                                     f"{RESTART_HINT}")
+
+    def push_from_here(self) -> None:
         """Pause every server, move the weights, drop the prefix cache (KV blocks of the old weights), resume."""
         for server in self.servers:
             server.post("/pause", params={"mode": "wait"})
@@ -169,7 +197,6 @@ class VLLMServerGenerator(Generator):
                 self.resume_servers()
             raise
         self.resume_servers()
-        self.stale = False
 
     def resume_servers(self) -> None:
         for server in self.servers:
@@ -199,11 +226,16 @@ class VLLMServerGenerator(Generator):
         sampling = self.sampling(greedy)
         futures = [self.pools[s].submit(self.servers[s].complete, prompt_ids[i], n, sampling, seeds[i])
                    for s, block in enumerate(split_groups(len(prompt_ids), len(self.servers))) for i in block]
+        failure = None
         try:
-            return [cut_at_eos(c, self.eos_ids) for f in futures for c in f.result()]
+            completions = [cut_at_eos(c, self.eos_ids) for f in futures for c in f.result()]
+        except RolloutServerError as err:
+            failure = err
         finally:
             for f in futures:
                 f.cancel()
+        self.raise_together(failure, "sampling on the rollout servers")
+        return completions
 
     def close(self) -> None:
         for pool in self.pools:

@@ -121,7 +121,7 @@ class FullySharded(Strategy):
     collective_forwards = True
     gathers_collectively = True
     runs_loss_scaler = False  # torch's GradScaler does not see FSDP's sharded gradients
-    feeds_colocated_vllm = False  # the colocated engine would need the whole weights after every step
+    holds_whole_weights = False  # a colocated engine or a push to rollout servers would gather them every step
 
     def __init__(self, reshard: bool = True):
         self.reshard = reshard

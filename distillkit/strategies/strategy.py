@@ -30,7 +30,7 @@ class Strategy(ABC):
     collective_forwards: ClassVar[bool] = False  # each forward or backward is a collective: same micro-batches everywhere
     gathers_collectively: ClassVar[bool] = False  # whole tensors (checkpoints, the final model) need every process
     runs_loss_scaler: ClassVar[bool] = True  # fp16's GradScaler can wrap its backward and step
-    feeds_colocated_vllm: ClassVar[bool] = True  # the student's whole weights exist on each process after a step
+    holds_whole_weights: ClassVar[bool] = True  # each process holds the student's whole weights (vLLM can take them)
 
     @classmethod
     @abstractmethod
