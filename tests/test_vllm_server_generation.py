@@ -158,7 +158,7 @@ def request_counts(url: str) -> dict[str, float]:
 
 
 def test_groups_stay_whole_over_two_servers_and_sampling_is_seeded(compose_cfg, servers):
-    urls = [url for _, url in servers]
+    urls = [server.url for server in servers]
     generator = VLLMServerGenerator(urls, max_completion_length=5, temperature=1.0)
     cfg = compose_cfg("generation=hf")
     prepared = prepare(cfg)
