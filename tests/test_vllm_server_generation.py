@@ -281,10 +281,10 @@ def test_two_training_processes_share_the_servers(tiny_pair, servers, server_cfg
     urls = [server.url for server in servers]
     before = [request_counts(url)["requests"] for url in urls]
     cli([f"model.student={student}", f"teacher.model={teacher}", "generation=vllm_server",
-         f"generation.urls=[{','.join(urls)}]", "method.lmbda=1", "train.batch_size=4", "train.steps=3",
-         "train.save_every=1", "train.keep_checkpoints=3", "train.eval_every=0", "train.lr=5e-2",
-         "train.warmup_steps=0", "train.max_completion_length=5", "data.num_train=64", "data.num_eval=8",
-         "tracking.enabled=false"], tmp_path, processes=2)
+         f"generation.urls=[{','.join(urls)}]", "method.lmbda=1", "train.batch_size=4",
+         "train.gradient_accumulation_steps=1", "train.steps=3", "train.save_every=1", "train.keep_checkpoints=3",
+         "train.eval_every=0", "train.lr=5e-2", "train.warmup_steps=0", "train.max_completion_length=5",
+         "data.num_train=64", "data.num_eval=8", "tracking.enabled=false"], tmp_path, processes=2)
     # 2 processes x 4 prompts x 3 steps, each process's 4 split 2 + 2 over the servers: 12 requests each
     assert [request_counts(url)["requests"] - b for url, b in zip(urls, before, strict=True)] == [12.0, 12.0]
 
@@ -299,6 +299,46 @@ def test_two_training_processes_share_the_servers(tiny_pair, servers, server_cfg
     for url in urls:
         served = served_greedy_with_openai(url, rows, 5)
         assert [s[: s.index(eos) + 1] if eos in s else s for s in served] == step_2, url
+
+
+def test_a_server_killed_under_two_processes_stops_both_with_a_checkpoint(tiny_pair, servers, tmp_path):
+    """A server of its own, killed mid-run under torchrun: both processes stop at the same step (neither is left
+    waiting in a collective: the run ends within the timeout), the checkpoint is written, and two processes resume
+    from it against a live server."""
+    from launch import TORCHRUN
+
+    killed = start_server(tiny_pair[0], tmp_path / "server")
+    server_process.wait_healthy(killed, START_TIMEOUT_S, poll=1)
+    student, teacher = tiny_pair
+    args = [f"model.student={student}", f"teacher.model={teacher}", "generation=vllm_server",
+            "generation.retries=1", "generation.backoff=0.05", "generation.connect_timeout=1", "data.num_train=256",
+            "data.num_eval=8", "train.batch_size=4", "train.max_completion_length=5", "train.save_every=2",
+            "train.eval_every=0", "tracking.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    launcher = [TORCHRUN, "--nproc-per-node=2", "--master-port", str(free_port()), "-m", "distillkit.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    running = subprocess.Popen([*launcher, *args, f"generation.urls=[{killed.url}]", "train.steps=400"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    try:
+        deadline = time.time() + 300
+        while not list(checkpoints.glob("step_*")) and time.time() < deadline:
+            time.sleep(0.05)
+        server_process.kill(killed)
+        _, stderr = running.communicate(timeout=240)
+    finally:
+        running.kill()
+        server_process.stop(killed)
+    assert running.returncode != 0, stderr[-3000:]  # torchrun reports its workers' exit code 3 as a failure
+    assert f"the vLLM rollout server at {killed.url}" in stderr and "rerun the same command to resume" in stderr
+    saved = sorted(int(p.name.removeprefix("step_")) for p in checkpoints.glob("step_*"))
+    assert saved and saved[-1] < 400
+
+    resumed = subprocess.run([*launcher[:3], str(free_port()), *launcher[4:], *args,
+                              f"generation.urls=[{servers[0].url}]", f"train.steps={saved[-1] + 2}"],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stdout
+    assert (tmp_path / "run" / "final_model" / "model.safetensors").exists()
 
 
 def test_a_server_killed_mid_run_stops_it_with_exit_3_and_a_checkpoint_then_it_resumes(tiny_pair, servers,
