@@ -31,11 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiny_training  # noqa: E402
 from tiny_training import (  # noqa: E402  (the shared pieces; make_tiny_self_model*.py and others import them from here)
-    BETAS,
-    LR,
-    MIN_LR_RATIO,
-    WARMUP_STEPS,
-    WEIGHT_DECAY,
     ProblemStream,
     encode,
     pin_everything,
@@ -158,8 +153,8 @@ tokens; a problem counts when the tokens before `<eos>` decode to the completion
 
 Training: cross-entropy on the answer tokens and `<eos>` only (prompt masked), batch {BATCH_SIZE} problems
 drawn fresh each step (teacher stream seed {TEACHER_STREAM_SEED}, student stream seed {STUDENT_STREAM_SEED};
-neither is the held-out seed), AdamW (lr {LR:g}, betas {BETAS}, weight decay {WEIGHT_DECAY}) with
-{WARMUP_STEPS} warmup steps and cosine decay to {MIN_LR_RATIO:g}x over the step cap, {NUM_THREADS} CPU thread,
+neither is the held-out seed), AdamW (lr {tiny_training.LR:g}, betas {tiny_training.BETAS}, weight decay {tiny_training.WEIGHT_DECAY}) with
+{tiny_training.WARMUP_STEPS} warmup steps and cosine decay to {tiny_training.MIN_LR_RATIO:g}x over the step cap, {NUM_THREADS} CPU thread,
 deterministic torch algorithms, seed {SEED} (weight init: teacher {SEED}, student {SEED + 1}). Accuracy
 curves on this task sit on a plateau (~1% exact match) and then jump; without the warmup the teacher
 stayed on it for over 3,000 steps. The student is checked every {STUDENT_EVAL_EVERY} steps (rewinding and

@@ -33,12 +33,6 @@ sys.path.insert(0, str(REPO_ROOT / "recipes"))  # tiny_training: the pieces shar
 
 import tiny_training  # noqa: E402
 from tiny_training import (  # noqa: E402
-    BETAS,
-    HEAD_DIM,
-    LR,
-    MIN_LR_RATIO,
-    WARMUP_STEPS,
-    WEIGHT_DECAY,
     ProblemStream,
     encode,
     folder_bytes,
@@ -148,7 +142,7 @@ Both folders hold the model config, weights, `generation_config.json` (eos/pad i
 new tokens) and the character tokenizer (`build_char_tokenizer(ALPHABET)` of `distillkit.data.long_addition`:
 `<pad>`=0, `<eos>`=1, `<unk>`=2, then `+ , 0-9 = |`), so `AutoModelForCausalLM.from_pretrained(folder)` and
 `AutoTokenizer.from_pretrained(folder)` work on either. Embeddings are tied; `max_position_embeddings` is
-{MAX_POSITIONS}; head_dim is {HEAD_DIM}.
+{MAX_POSITIONS}; head_dim is {tiny_training.HEAD_DIM}.
 
 | model | hidden | layers | heads | kv heads | head_dim | intermediate | parameters |
 |---|---|---|---|---|---|---|---|
@@ -166,9 +160,9 @@ completion (scratchpad and answer) and `<eos>` was produced: the number distillk
 
 Training: cross-entropy on the completion tokens and `<eos>` only (prompt masked), batch {BATCH_SIZE} problems
 drawn fresh each step (teacher stream seed {TEACHER_STREAM_SEED}, student stream seed {STUDENT_STREAM_SEED}; neither is
-the held-out seed, and distillkit's training rows, `data.seed` 0-2, are other draws), AdamW (lr {LR:g}, betas
-{BETAS}, weight decay {WEIGHT_DECAY}), gradient clipping {MAX_GRAD_NORM}, {WARMUP_STEPS} warmup steps and cosine decay to
-{MIN_LR_RATIO:g}x over the step cap, {NUM_THREADS} CPU thread, deterministic torch algorithms, weight init seeds
+the held-out seed, and distillkit's training rows, `data.seed` 0-2, are other draws), AdamW (lr {tiny_training.LR:g}, betas
+{tiny_training.BETAS}, weight decay {tiny_training.WEIGHT_DECAY}), gradient clipping {MAX_GRAD_NORM}, {tiny_training.WARMUP_STEPS} warmup steps and cosine decay to
+{tiny_training.MIN_LR_RATIO:g}x over the step cap, {NUM_THREADS} CPU thread, deterministic torch algorithms, weight init seeds
 teacher {SEED}, student {SEED + 1}. Checks during training use teacher-forced argmax exact match (equal to greedy
 exact match); the accuracies above are from `generate` on the saved folders. Wall time of the run that wrote
 these files (2 shared CPU cores, 1 thread): teacher {t["seconds"]:.0f} s, student {s["seconds"]:.0f} s.
