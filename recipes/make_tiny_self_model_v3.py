@@ -35,21 +35,29 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from make_tiny_models import encode, forced_exact_match, greedy_exact_match, pin_seeds, save  # noqa: E402
+from make_tiny_models import encode, forced_exact_match, greedy_exact_match, save  # noqa: E402
+from tiny_training import (  # noqa: E402
+    BETAS,
+    MIN_LR_RATIO,
+    WEIGHT_DECAY,
+    greedy_generation_config,
+    make_optimizer,
+    pin_everything,
+    train_step,
+)
 
 from distillkit.data.addition import addition_dataset, addition_example  # noqa: E402
 from distillkit.data.char_tokenizer import build_char_tokenizer  # noqa: E402
@@ -86,10 +94,7 @@ PHASE2_MAX_STEPS = 1500
 PHASE2_EVAL_EVERY = 10
 SUBTRACTION_BAND = (0.15, 0.40)
 OLD_MIN = 0.85
-BETAS = (0.9, 0.98)
-WEIGHT_DECAY = 0.01
 WARMUP_STEPS = 50
-MIN_LR_RATIO = 0.1
 EVAL_EVERY = 50
 HINTED_MIN = 0.95
 SUBTRACTION_MAX = 0.10
@@ -125,10 +130,7 @@ def widen(base_dir: Path, tokenizer) -> Qwen2ForCausalLM:
         for token, old_id in base_tok.get_vocab().items():
             emb[tokenizer.convert_tokens_to_ids(token)] = old_emb[old_id]
     model.tie_weights()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
-    )
+    model.generation_config = greedy_generation_config(tokenizer, MAX_NEW_TOKENS)
     return model
 
 
@@ -179,23 +181,14 @@ def main() -> None:
                         help="skip phase 2: plain subtraction stays at ~0%% (the first v3 variant; README)")
     parser.add_argument("--phase1", type=Path, help="load the phase-1 weights from this folder instead of training")
     args = parser.parse_args()
-    torch.set_num_threads(NUM_THREADS)
-    torch.use_deterministic_algorithms(True)
-    pin_seeds(SEED)
+    pin_everything(SEED, NUM_THREADS)
     t0 = time.perf_counter()
 
     tokenizer = build_char_tokenizer(LETTERED_ALPHABET)
     assert len(tokenizer) == 28, len(tokenizer)
     model = widen(BASE_DIR, tokenizer)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / WARMUP_STEPS)
-        progress = min(step, args.steps) / args.steps
-        return warm * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    optimizer, scheduler = make_optimizer(model, args.steps, lr=LR, warmup_steps=WARMUP_STEPS)
     sets = eval_sets()
     held_out = {name: encode(tokenizer, ex) for name, ex in sets.items()}
     stream = Stream(tokenizer)
@@ -212,13 +205,9 @@ def main() -> None:
         model.train()
         acc = show(args.steps, float("nan"))
     for step in range(1 if args.phase1 is None else args.steps + 1, args.steps + 1):
-        loss = model(**stream.batch()).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        loss = train_step(model, optimizer, scheduler, stream.batch())
         if step % EVAL_EVERY == 0 or step == args.steps:
-            acc = show(step, loss.item())
+            acc = show(step, loss)
     phase2_steps = 0
     if not args.no_partial_subtraction:
         optimizer = torch.optim.AdamW(model.parameters(), lr=PHASE2_LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
@@ -233,13 +222,10 @@ def main() -> None:
             phase2_steps += 1
             if phase2_steps > PHASE2_MAX_STEPS:
                 raise SystemExit(f"phase 2 met no evaluation's criteria in {PHASE2_MAX_STEPS} steps")
-            loss = model(**stream.batch(mixture2)).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, None, stream.batch(mixture2))  # constant lr: no schedule
             if phase2_steps % every:
                 continue
-            acc = show(args.steps + phase2_steps, loss.item())
+            acc = show(args.steps + phase2_steps, loss)
             ready = (min(acc[k] for k in ("addition_lettered", "maximum_lettered", "subtraction_lettered"))
                      >= HINTED_MIN and min(acc["addition"], acc["maximum"]) >= OLD_MIN)
             if ready and lo <= acc["subtraction"] <= hi:

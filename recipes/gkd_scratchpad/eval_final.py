@@ -21,6 +21,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE.parent))  # tiny_training: the greedy evaluation make_models.py scores its models with
+
+from tiny_training import greedy_completions  # noqa: E402
 
 from distillkit import ASSETS_DIR  # noqa: E402
 from distillkit.data.long_addition import long_addition_dataset  # noqa: E402
@@ -28,30 +31,24 @@ from distillkit.data.long_addition import long_addition_dataset  # noqa: E402
 MAX_NEW_TOKENS = 50
 
 
-@torch.no_grad()
 def score(folder: Path, eval_set, batch_size: int = 500) -> dict:
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    eos = tokenizer.eos_token_id
+    completions = greedy_completions(model, tokenizer, list(eval_set["prompt"]), max_new_tokens=MAX_NEW_TOKENS,
+                                     batch_size=batch_size)
     exact = answer = 0
     first_errors, recovered, in_answer = [], 0, 0
-    for start in range(0, len(eval_set), batch_size):
-        chunk = eval_set[start : start + batch_size]
-        enc = tokenizer(chunk["prompt"], return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos,
-                             pad_token_id=tokenizer.pad_token_id)
-        for row, target in zip(out[:, enc["input_ids"].shape[1] :].tolist(), chunk["completion"], strict=True):
-            text = tokenizer.decode(row[: row.index(eos)] if eos in row else row)
-            ok_answer = eos in row and text.partition("|")[2] == target.partition("|")[2]
-            answer += ok_answer
-            if eos in row and text == target:
-                exact += 1
-                continue
-            recovered += ok_answer
-            pairs = enumerate(zip(text, target, strict=False))
-            mismatch = next((i for i, (a, b) in pairs if a != b), min(len(text), len(target)))
-            first_errors.append(mismatch // 5 + 1)  # 5 characters per column (4 digits and a comma)
-            in_answer += mismatch > target.index("|")  # the scratchpad was right; the read-off answer is not
+    for (text, has_eos), target in zip(completions, eval_set["completion"], strict=True):
+        ok_answer = has_eos and text.partition("|")[2] == target.partition("|")[2]
+        answer += ok_answer
+        if has_eos and text == target:
+            exact += 1
+            continue
+        recovered += ok_answer
+        pairs = enumerate(zip(text, target, strict=False))
+        mismatch = next((i for i, (a, b) in pairs if a != b), min(len(text), len(target)))
+        first_errors.append(mismatch // 5 + 1)  # 5 characters per column (4 digits and a comma)
+        in_answer += mismatch > target.index("|")  # the scratchpad was right; the read-off answer is not
     n, wrong = len(eval_set), len(first_errors)
     return {"exact": exact / n, "answer": answer / n,
             "first_error_column_mean": sum(first_errors) / wrong if wrong else None,

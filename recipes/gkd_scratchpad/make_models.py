@@ -19,22 +19,31 @@ algorithms), so a rerun on the same software stack gives the same checkpoints.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
-import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "recipes"))  # tiny_training: the pieces shared with make_tiny_models.py
+
+import tiny_training  # noqa: E402
+from tiny_training import (  # noqa: E402
+    ProblemStream,
+    encode,
+    folder_bytes,
+    greedy_completions,
+    pin_everything,
+    pin_seeds,
+    save,
+    shape_line,
+    train_into_band,
+    train_to_target,
+)
 
 from distillkit.data.char_tokenizer import build_char_tokenizer  # noqa: E402
 from distillkit.data.long_addition import (  # noqa: E402
@@ -51,13 +60,11 @@ EVAL_SIZE = 1000
 TEACHER_STREAM_SEED = 101
 STUDENT_STREAM_SEED = 102
 BATCH_SIZE = 64
-LR = 3e-3
-BETAS = (0.9, 0.98)
-WEIGHT_DECAY = 0.01
-WARMUP_STEPS = 100
-MIN_LR_RATIO = 0.1
+MAX_GRAD_NORM = 1.0
 MAX_NEW_TOKENS = 6 * MAX_DIGITS + 2  # longest completion (49 characters) + eos
 NUM_THREADS = 1
+EVAL_CHUNK = 250  # rows per forward pass of the teacher-forced checks
+GREEDY_BATCH = 250
 
 TEACHER_TARGET = 0.95
 TEACHER_EVAL_EVERY = 100
@@ -73,207 +80,52 @@ SHAPES = {
     "student": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                     intermediate_size=256),
 }
-HEAD_DIM = 32
 MAX_POSITIONS = 128  # prompt (at most 18) + completion (at most 50)
-MAX_FOLDER_BYTES = 10 * 1024 * 1024
 
 OUT_DIR = REPO_ROOT / "distillkit" / "assets" / "scratchpad"
 
 
-def pin_seeds(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def build_model(tokenizer, shape: dict, seed: int) -> Qwen2ForCausalLM:
-    assert shape["hidden_size"] // shape["num_attention_heads"] == HEAD_DIM
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id, max_window_layers=shape["num_hidden_layers"], dtype="float32", **shape,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).float()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
-    )
-    return model
+    return tiny_training.build_model(tokenizer, shape, seed, max_positions=MAX_POSITIONS,
+                                     max_new_tokens=MAX_NEW_TOKENS)
 
 
-def encode(tokenizer, examples: list[dict[str, str]]) -> dict[str, torch.Tensor]:
-    """Right-padded `prompt + completion + eos` with labels on the completion and eos only (prompt masked)."""
-    prompts = tokenizer([ex["prompt"] for ex in examples], add_special_tokens=False)["input_ids"]
-    answers = tokenizer([ex["completion"] for ex in examples], add_special_tokens=False)["input_ids"]
-    rows = [(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers, strict=True)]
-    length = max(len(p) + len(a) for p, a in rows)
-    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    labels = torch.full((len(rows), length), -100, dtype=torch.long)
-    for i, (p, a) in enumerate(rows):
-        n = len(p) + len(a)
-        input_ids[i, :n] = torch.tensor(p + a)
-        attention_mask[i, :n] = 1
-        labels[i, len(p) : n] = torch.tensor(a)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+def draw_problem(rng) -> dict[str, str]:
+    """One problem drawn like the data set's rows: MIN_DIGITS-MAX_DIGITS digits, both operands that long."""
+    digits = rng.randint(MIN_DIGITS, MAX_DIGITS)
+    lo, hi = 10 ** (digits - 1), 10**digits - 1
+    return long_addition_example(rng.randint(lo, hi), rng.randint(lo, hi), digits)
 
 
-class ProblemStream:
-    """Fresh problems every step from a seeded RNG (never the held-out seed), drawn like the data set's rows."""
-
-    def __init__(self, tokenizer, seed: int):
-        assert seed != EVAL_SEED
-        self.tokenizer = tokenizer
-        self.rng = random.Random(seed)
-
-    def batch(self, size: int) -> dict[str, torch.Tensor]:
-        examples = []
-        for _ in range(size):
-            digits = self.rng.randint(MIN_DIGITS, MAX_DIGITS)
-            lo, hi = 10 ** (digits - 1), 10**digits - 1
-            examples.append(long_addition_example(self.rng.randint(lo, hi), self.rng.randint(lo, hi), digits))
-        return encode(self.tokenizer, examples)
-
-
-@torch.no_grad()
-def forced_exact_match(model, encoded: dict[str, torch.Tensor], chunk: int = 250) -> float:
-    """Share of problems whose every completion token and eos is the argmax given the true prefix (= greedy exact
-    match, in one forward pass per chunk)."""
-    was_training = model.training
-    model.eval()
-    ok_rows = []
-    for start in range(0, encoded["input_ids"].shape[0], chunk):
-        part = {k: v[start : start + chunk] for k, v in encoded.items()}
-        logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
-        labels = part["labels"][:, 1:]
-        ok_rows.append(((logits[:, :-1].argmax(-1) == labels) | (labels == -100)).all(-1))
-    model.train(was_training)
-    return torch.cat(ok_rows).float().mean().item()
-
-
-@torch.no_grad()
-def greedy_exact_match(model, tokenizer, eval_set, batch_size: int = 250) -> dict[str, float]:
+def greedy_exact_match(model, tokenizer, eval_set, batch_size: int = GREEDY_BATCH) -> dict[str, float]:
     """Greedy `generate`: whole-completion exact match (tokens before eos == completion, eos produced), and
     final-answer match (the text after `|` equals the sum, whatever the scratchpad)."""
-    was_training = model.training
-    model.eval()
-    eos = tokenizer.eos_token_id
+    completions = greedy_completions(model, tokenizer, list(eval_set["prompt"]), max_new_tokens=MAX_NEW_TOKENS,
+                                     batch_size=batch_size)
     exact = answer = 0
-    for start in range(0, len(eval_set), batch_size):
-        chunk = eval_set[start : start + batch_size]
-        enc = tokenizer(chunk["prompt"], return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos,
-                             pad_token_id=tokenizer.pad_token_id)
-        for row, target in zip(out[:, enc["input_ids"].shape[1] :].tolist(), chunk["completion"], strict=True):
-            text = tokenizer.decode(row[: row.index(eos)]) if eos in row else None
-            exact += text == target
-            answer += text is not None and text.partition("|")[2] == target.partition("|")[2]
-    model.train(was_training)
+    for (text, has_eos), target in zip(completions, eval_set["completion"], strict=True):
+        exact += has_eos and text == target
+        answer += has_eos and text.partition("|")[2] == target.partition("|")[2]
     return {"exact": exact / len(eval_set), "answer": answer / len(eval_set)}
-
-
-def make_optimizer(model, total_steps: int):
-    """AdamW, linear warmup then cosine decay to MIN_LR_RATIO x LR at `total_steps`."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / WARMUP_STEPS)
-        progress = min(step, total_steps) / total_steps
-        return warm * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def train_step(model, optimizer, scheduler, batch) -> float:
-    loss = model(**batch).loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    scheduler.step()
-    return loss.item()
 
 
 def train_teacher(tokenizer, held_out) -> tuple[Qwen2ForCausalLM, dict]:
     """CE until the held-out exact match (checked every TEACHER_EVAL_EVERY steps) reaches TEACHER_TARGET."""
     model = build_model(tokenizer, SHAPES["teacher"], seed=SEED)
-    model.train()
-    optimizer, scheduler = make_optimizer(model, TEACHER_MAX_STEPS)
-    stream = ProblemStream(tokenizer, TEACHER_STREAM_SEED)
-    t0 = time.perf_counter()
-    acc = 0.0
-    for step in range(1, TEACHER_MAX_STEPS + 1):
-        loss = train_step(model, optimizer, scheduler, stream.batch(BATCH_SIZE))
-        if step % TEACHER_EVAL_EVERY == 0:
-            acc = forced_exact_match(model, held_out)
-            print(f"[teacher] step {step:5d}  loss {loss:.4f}  held-out exact match {acc:6.1%}  "
-                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
-            if acc >= TEACHER_TARGET:
-                break
-    else:
-        raise SystemExit(f"teacher reached only {acc:.1%} after {TEACHER_MAX_STEPS} steps")
-    return model, {"steps": step, "seconds": time.perf_counter() - t0, "accuracy": acc}
+    stream = ProblemStream(tokenizer, TEACHER_STREAM_SEED, draw_problem, EVAL_SEED)
+    return model, train_to_target(model, stream, held_out, target=TEACHER_TARGET, eval_every=TEACHER_EVAL_EVERY,
+                                  max_steps=TEACHER_MAX_STEPS, batch_size=BATCH_SIZE, max_grad_norm=MAX_GRAD_NORM,
+                                  eval_chunk=EVAL_CHUNK)
 
 
 def train_student(tokenizer, held_out) -> tuple[Qwen2ForCausalLM, dict]:
     """CE until the first evaluation in STUDENT_BAND (every STUDENT_EVAL_EVERY steps; if one jumps over the band,
     rewind model, optimizer, schedule and problem stream to the previous evaluation and evaluate every step)."""
-    lo, hi = STUDENT_BAND
     model = build_model(tokenizer, SHAPES["student"], seed=SEED + 1)
-    model.train()
-    optimizer, scheduler = make_optimizer(model, STUDENT_MAX_STEPS)
-    stream = ProblemStream(tokenizer, STUDENT_STREAM_SEED)
-    t0 = time.perf_counter()
-    every, snapshot, step = STUDENT_EVAL_EVERY, None, 0
-    while step < STUDENT_MAX_STEPS:
-        if step % every == 0:
-            snapshot = copy.deepcopy((step, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(),
-                                      stream.rng.getstate()))
-        step += 1
-        loss = train_step(model, optimizer, scheduler, stream.batch(BATCH_SIZE))
-        if step % every:
-            continue
-        acc = forced_exact_match(model, held_out)
-        print(f"[student] step {step:5d}  loss {loss:.4f}  held-out exact match {acc:6.1%}  "
-              f"({time.perf_counter() - t0:.0f}s)", flush=True)
-        if lo <= acc <= hi:
-            return model, {"steps": step, "seconds": time.perf_counter() - t0, "accuracy": acc}
-        if acc > hi:
-            if every == 1:
-                raise SystemExit(f"student jumped over the band ({acc:.1%}) even when evaluated every step")
-            print(f"[student] jumped over the band; rewinding to step {snapshot[0]}", flush=True)
-            step, model_state, optim_state, sched_state, rng_state = snapshot
-            model.load_state_dict(model_state)
-            optimizer.load_state_dict(optim_state)
-            scheduler.load_state_dict(sched_state)
-            stream.rng.setstate(rng_state)
-            every = 1
-    raise SystemExit(f"student never reached {lo:.0%} in {STUDENT_MAX_STEPS} steps")
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def save(model, tokenizer, folder: Path) -> int:
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    for f in folder.iterdir():
-        f.chmod(0o644)
-    size = folder_bytes(folder)
-    if size >= MAX_FOLDER_BYTES:
-        raise SystemExit(f"{folder} is {size} bytes, over the {MAX_FOLDER_BYTES} byte limit")
-    return size
-
-
-def shape_line(name: str, model) -> str:
-    c = model.config
-    return (f"| {name} | {c.hidden_size} | {c.num_hidden_layers} | {c.num_attention_heads} | "
-            f"{c.num_key_value_heads} | {HEAD_DIM} | {c.intermediate_size} | {model.num_parameters():,} |")
+    stream = ProblemStream(tokenizer, STUDENT_STREAM_SEED, draw_problem, EVAL_SEED)
+    return model, train_into_band(model, stream, held_out, band=STUDENT_BAND, eval_every=STUDENT_EVAL_EVERY,
+                                  max_steps=STUDENT_MAX_STEPS, batch_size=BATCH_SIZE, max_grad_norm=MAX_GRAD_NORM,
+                                  eval_chunk=EVAL_CHUNK)
 
 
 def write_readme(out: Path, models: dict, info: dict, sizes: dict) -> None:
@@ -290,7 +142,7 @@ Both folders hold the model config, weights, `generation_config.json` (eos/pad i
 new tokens) and the character tokenizer (`build_char_tokenizer(ALPHABET)` of `distillkit.data.long_addition`:
 `<pad>`=0, `<eos>`=1, `<unk>`=2, then `+ , 0-9 = |`), so `AutoModelForCausalLM.from_pretrained(folder)` and
 `AutoTokenizer.from_pretrained(folder)` work on either. Embeddings are tied; `max_position_embeddings` is
-{MAX_POSITIONS}; head_dim is {HEAD_DIM}.
+{MAX_POSITIONS}; head_dim is {tiny_training.HEAD_DIM}.
 
 | model | hidden | layers | heads | kv heads | head_dim | intermediate | parameters |
 |---|---|---|---|---|---|---|---|
@@ -308,9 +160,9 @@ completion (scratchpad and answer) and `<eos>` was produced: the number distillk
 
 Training: cross-entropy on the completion tokens and `<eos>` only (prompt masked), batch {BATCH_SIZE} problems
 drawn fresh each step (teacher stream seed {TEACHER_STREAM_SEED}, student stream seed {STUDENT_STREAM_SEED}; neither is
-the held-out seed, and distillkit's training rows, `data.seed` 0-2, are other draws), AdamW (lr {LR:g}, betas
-{BETAS}, weight decay {WEIGHT_DECAY}), gradient clipping 1.0, {WARMUP_STEPS} warmup steps and cosine decay to
-{MIN_LR_RATIO:g}x over the step cap, {NUM_THREADS} CPU thread, deterministic torch algorithms, weight init seeds
+the held-out seed, and distillkit's training rows, `data.seed` 0-2, are other draws), AdamW (lr {tiny_training.LR:g}, betas
+{tiny_training.BETAS}, weight decay {tiny_training.WEIGHT_DECAY}), gradient clipping {MAX_GRAD_NORM}, {tiny_training.WARMUP_STEPS} warmup steps and cosine decay to
+{tiny_training.MIN_LR_RATIO:g}x over the step cap, {NUM_THREADS} CPU thread, deterministic torch algorithms, weight init seeds
 teacher {SEED}, student {SEED + 1}. Checks during training use teacher-forced argmax exact match (equal to greedy
 exact match); the accuracies above are from `generate` on the saved folders. Wall time of the run that wrote
 these files (2 shared CPU cores, 1 thread): teacher {t["seconds"]:.0f} s, student {s["seconds"]:.0f} s.
@@ -331,9 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
 
-    torch.set_num_threads(NUM_THREADS)
-    torch.use_deterministic_algorithms(True)
-    pin_seeds(SEED)
+    pin_everything(SEED, NUM_THREADS)
 
     tokenizer = build_char_tokenizer(ALPHABET)
     eval_set = long_addition_dataset(EVAL_SIZE, seed=EVAL_SEED)

@@ -3,7 +3,6 @@
 #   bash recipes/gkd_scratchpad/run_all.sh            # skips runs whose results/NAME_sSEED.json exists
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-results=${RESULTS_DIR:-$here/results}
 declare -A METHODS=(
   [gkd_onpolicy_b05]="method.lmbda=1 method.beta=0.5"
   [supervised_kd]="method.lmbda=0 method.beta=0"
@@ -15,10 +14,6 @@ declare -A METHODS=(
   [gkd_mixed]="method.lmbda=0.5"
 )
 ORDER=(gkd_onpolicy_b05 supervised_kd sft_gold seq_kd gkd_onpolicy_b0 gkd_onpolicy_b1 sft_teacher gkd_mixed)
-for seed in ${SEEDS:-0 1 2}; do
-  for name in "${ORDER[@]}"; do
-    [ -e "$results/${name}_s${seed}.json" ] && continue
-    # shellcheck disable=SC2086
-    bash "$here/run.sh" "$name" "$seed" ${METHODS[$name]} | cut -c1-200
-  done
-done
+# shellcheck source=run_methods.sh
+source "$here/run_methods.sh"
+run_methods "${ORDER[@]}"

@@ -4,17 +4,12 @@
 #   bash recipes/gkd_scratchpad/run_extra.sh       # skips runs whose results/NAME_sSEED.json exists
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-results=${RESULTS_DIR:-$here/results}
 declare -A METHODS=(
   [supervised_kd_b05]="method.lmbda=0 method.beta=0.5"
   [sft_gold_500steps]="method=sft train.steps=500"
   [supervised_kd_200steps]="method.lmbda=0 method.beta=0 train.steps=200"
 )
 ORDER=(supervised_kd_b05 sft_gold_500steps supervised_kd_200steps)
-for seed in ${SEEDS:-0 1 2}; do
-  for name in "${ORDER[@]}"; do
-    [ -e "$results/${name}_s${seed}.json" ] && continue
-    # shellcheck disable=SC2086
-    bash "$here/run.sh" "$name" "$seed" ${METHODS[$name]} | cut -c1-200
-  done
-done
+# shellcheck source=run_methods.sh
+source "$here/run_methods.sh"
+run_methods "${ORDER[@]}"
