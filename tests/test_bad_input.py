@@ -42,13 +42,16 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     return errors[0]
 
 
+# Composition errors cost ~2 s here; the others import transformers first (~12 s on 2 cores), so the fast tier
+# keeps one of them (MISSING) and the slow tier the rest, whose refusals the in-process tests below cover too.
 @pytest.mark.parametrize(("case", "fragments"), [
     ("train.lr=abc", ["train.lr=abc", "takes a float"]),
     ("method.max_new_tokens=64", ["method.max_new_tokens", "train.max_completion_length"]),
-    ("+method.distillation_alpha=0.5", ["method.distillation_alpha", "method.beta"]),
+    pytest.param("+method.distillation_alpha=0.5", ["method.distillation_alpha", "method.beta"],
+                 marks=pytest.mark.slow),
     ("model.student=MISSING", ["model.student=", "no such model folder"]),
-    ("data.train=EMPTY", ["empty.jsonl is empty"]),
-    ("data.train=MALFORMED", ["malformed.jsonl, line 3, is not valid JSON"]),
+    pytest.param("data.train=EMPTY", ["empty.jsonl is empty"], marks=pytest.mark.slow),
+    pytest.param("data.train=MALFORMED", ["malformed.jsonl, line 3, is not valid JSON"], marks=pytest.mark.slow),
 ])
 def test_cli_refuses_in_one_line(tmp_path, case, fragments):
     files = bad_files(tmp_path)
