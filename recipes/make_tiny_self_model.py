@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import random
 import sys
 import time
@@ -55,6 +54,14 @@ from make_tiny_models import (  # noqa: E402  (same seeds, model config, encodin
     save,
     train_step,
 )
+from tiny_training import (  # noqa: E402  (the optimizer and schedule of every tiny checkpoint)
+    BETAS,
+    LR,
+    MIN_LR_RATIO,
+    WARMUP_STEPS,
+    WEIGHT_DECAY,
+    make_optimizer,
+)
 
 from distillkit.data.addition import addition_dataset, addition_example  # noqa: E402
 from distillkit.data.char_tokenizer import build_char_tokenizer  # noqa: E402
@@ -76,11 +83,6 @@ EVAL_SIZE = 1000
 STREAM_SEEDS = {"addition": 11, "maximum": 14, "addition_hinted": 12, "maximum_hinted": 15, "subtraction_hinted": 13}
 # Problems per part in every batch (fixed counts, so the batch composition does not depend on an RNG).
 MIXTURE = {"addition": 56, "maximum": 16, "addition_hinted": 24, "maximum_hinted": 8, "subtraction_hinted": 24}
-LR = 3e-3
-BETAS = (0.9, 0.98)
-WEIGHT_DECAY = 0.01
-WARMUP_STEPS = 100
-MIN_LR_RATIO = 0.1
 MAX_STEPS = 3000
 EVAL_EVERY = 10
 ADDITION_BAND = (0.30, 0.55)
@@ -216,18 +218,6 @@ def sampled_pass_rate(model, tokenizer, examples: list[dict[str, str]], seed: in
     return sum(any(r) for r in right) / len(right), sum(map(sum, right)) / (len(right) * NUM_SAMPLES)
 
 
-def make_optimizer(model, lr: float, total_steps: int):
-    """AdamW, linear warmup then cosine decay to MIN_LR_RATIO of `lr` at `total_steps`."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / WARMUP_STEPS)
-        progress = min(step, total_steps) / total_steps
-        return warm * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def train(tokenizer, held_out: dict[str, dict[str, torch.Tensor]], lr: float, mixture: dict[str, int]):
     """CE on the mixture until the first evaluation that meets every criterion (see the module docstring).
 
@@ -238,7 +228,7 @@ def train(tokenizer, held_out: dict[str, dict[str, torch.Tensor]], lr: float, mi
     lo, hi = ADDITION_BAND
     model = build_model(tokenizer, SHAPE, seed=SEED)
     model.train()
-    optimizer, scheduler = make_optimizer(model, lr, MAX_STEPS)
+    optimizer, scheduler = make_optimizer(model, MAX_STEPS, lr=lr)
     stream = MixtureStream(tokenizer, mixture)
     t0 = time.perf_counter()
     every = EVAL_EVERY
