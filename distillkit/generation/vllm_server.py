@@ -173,9 +173,7 @@ class VLLMServerGenerator(Generator):
 
     def raise_together(self, failure: RolloutServerError | None, what: str) -> None:
         """One collective under several processes: if any process failed, every process raises."""
-        failed = failure is not None
-        if is_distributed():
-            failed = all_reduce_sum(float(failed), next(self.model.parameters()).device) > 0
+        failed = all_reduce_sum(float(failure is not None), next(self.model.parameters()).device) > 0
         if failure is not None:
             raise failure
         if failed:
